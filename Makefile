@@ -1,0 +1,37 @@
+# The two commands: `make report` (the whole pipeline on the embedded sample
+# data) and `make test`. Both create .venv with the pinned dependencies first.
+PY      := .venv/bin/python
+TASK    ?= cv
+PROFILE ?= demo
+OUT     ?= _output
+WORKERS ?=
+
+.PHONY: report batch merge slides test clean
+.DEFAULT_GOAL := report
+
+.venv/.installed: requirements.txt
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3" >/dev/null
+	touch $@
+
+report: .venv/.installed
+	$(PY) merge_notebook.py
+	$(PY) run_batch.py params/$(TASK)-$(PROFILE).yaml --output-dir $(OUT) \
+		$(if $(WORKERS),--workers $(WORKERS)); status=$$?; \
+	$(PY) render_slides.py --output-dir $(OUT) && exit $$status
+
+batch: .venv/.installed
+	$(PY) run_batch.py params/$(TASK)-$(PROFILE).yaml --output-dir $(OUT)
+
+merge: .venv/.installed
+	$(PY) merge_notebook.py
+
+slides: .venv/.installed
+	$(PY) render_slides.py --output-dir $(OUT)
+
+test: .venv/.installed
+	$(PY) -m pytest -n 2 --durations=10 tests
+
+clean:
+	rm -rf $(OUT) _cache

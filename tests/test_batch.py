@@ -1,0 +1,109 @@
+"""The batch runner: profile validation, plan expansion, and a real papermill run."""
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+import run_batch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _write(tmp_path, profile: dict) -> Path:
+    path = tmp_path / "profile.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    return path
+
+
+def _demo() -> dict:
+    return yaml.safe_load((ROOT / "params" / "cv-demo.yaml").read_text())
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda p: p["method"]["params"].update(lr_typo=0.1), "unknown parameter 'lr_typo'"),
+    (lambda p: p["method"]["params"].update(epochs="eight"), "'epochs' must be int"),
+    (lambda p: p["data_prep"]["params"].update(sizes=[1, 2]), "'sizes' must be dict"),
+    (lambda p: p["method"].update(archz=["vgg11"]), "unknown key(s) ['archz']"),
+    (lambda p: p.update(stagez={}), "unknown key(s) ['stagez']"),
+    (lambda p: p.pop("evaluation"), "missing section 'evaluation'"),
+])
+def test_bad_profiles_fail_before_anything_runs_naming_the_key(tmp_path, edit, message):
+    profile = _demo()
+    edit(profile)
+    path = _write(tmp_path, profile)
+    with pytest.raises(run_batch.ProfileError) as err:
+        run_batch.expand_plan(run_batch.load_profile(path), str(tmp_path / "out"), "c")
+    assert message in str(err.value) and str(path) in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_profile_lists_the_known_ones(tmp_path):
+    with pytest.raises(run_batch.ProfileError, match="cv-demo.yaml"):
+        run_batch.load_profile(tmp_path / "nope.yaml")
+
+
+def test_demo_plan_covers_every_combination_and_the_grid():
+    plan = run_batch.expand_plan(run_batch.load_profile(ROOT / "params" / "cv-demo.yaml"),
+                                 "_output", "_cache")
+    method = plan["stages"]["method"]
+    main = [j for j in method if j["main"]]
+    assert len(main) == 2 * 2 * 3 * 3  # archs x datasets x sizes x curricula
+    assert len({j["id"] for j in method}) == len(method)
+    grid = [j for j in method if j["varied"]]
+    assert {j["varied"] for j in grid} == {"start_scale", "ramp_fraction"}
+    assert len(grid) == 2 * (3 + 3)
+    # a grid point equal to the defaults is the main run itself, trained once
+    assert len(method) == len(main) + len(grid) - 2 * 2
+    assert all(j["params"]["run_name"] == j["id"] for j in method)
+    assert plan["stages"]["architectures"][0]["params"]["datasets"] == ["caltech256",
+                                                                         "voc2012"]
+
+
+TINY = {
+    "task": "cv", "profile": "tiny", "label": "test profile: sample data, tiny models",
+    "workers": 2,
+    "data_prep": {"datasets": ["caltech256", "voc2012"],
+                  "params": {"source": "sample", "sizes": {"60KB": 60000, "120KB": 120000},
+                             "short_sides": {"60KB": 24, "120KB": 24}}},
+    "architectures": {"params": {"archs": ["resnet18"], "width": 8, "input_sizes": [12, 24]}},
+    "method": {"archs": ["resnet18"], "curricula": ["none", "progressive"], "seeds": [0],
+               "params": {"width": 8, "epochs": 2, "batch_size": 32},
+               "tuning": {"dataset": "caltech256", "version": "no-such-version",
+                          "curriculum": "progressive", "grid": {"start_scale": [0.75]}}},
+    "evaluation": {"params": {"target_fraction": 0.9}},
+}
+
+
+def test_batch_runs_every_chapter_records_failures_and_resumes(tmp_path, capsys):
+    path = _write(tmp_path, TINY)
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    args = [str(path), "--output-dir", str(out), "--cache-dir", str(cache)]
+    # The grid's version does not exist: that job fails, the rest of the batch goes on.
+    assert run_batch.main(args) == 1
+    plan = json.loads((out / "plan.json").read_text())
+    status = {p.stem: json.loads(p.read_text()) for p in (out / "batch").glob("*.json")}
+    failed = {k for k, s in status.items() if s["status"] == "failed"}
+    grid_ids = {j["id"] for j in plan["stages"]["method"] if j["varied"]}
+    assert failed == grid_ids
+    assert "no-such-version" in next(iter(status[i]["error"] for i in failed))
+    main_ids = [j["id"] for j in plan["stages"]["method"] if j["main"]]
+    assert len(main_ids) == 2 * 2 * 2
+    for run in main_ids:
+        result = json.loads((out / "results" / f"{run}.json").read_text())
+        assert result["status"] == "complete" and len(result["history"]) == 2
+        nb = out / "notebooks" / "method" / f"{run}.ipynb"
+        assert json.loads(nb.read_text())["metadata"]["papermill"]["parameters"]["run_name"] \
+            == run
+    for name in ["final_performance.png", "time_to_target.png", "schedule.png"]:
+        assert (out / "figures" / name).stat().st_size > 10_000
+    assert "sample data" in (out / "tables" / "speedup.md").read_text()
+    assert (out / "tables" / "architectures.md").exists()
+    before = {p: p.stat().st_mtime for p in (out / "results").glob("*-s0-*.json")}
+    capsys.readouterr()
+
+    # Re-running skips everything that completed; only the failed job and evaluation rerun.
+    assert run_batch.main(args) == 1
+    printed = capsys.readouterr().out
+    assert "2 jobs run, 1 failed" in printed
+    assert before == {p: p.stat().st_mtime for p in (out / "results").glob("*-s0-*.json")}

@@ -1,0 +1,57 @@
+"""Chapter 4: time-to-target, speed-ups and labels from synthetic result rows."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from speedup.evaluation import (add_targets, geometric_mean, speedups, study_label,
+                                time_to_target, version_bytes)
+
+
+def _hist(values, seconds_per_epoch):
+    return [{"epoch": i + 1, "val_primary": v, "train_time_s": (i + 1) * seconds_per_epoch}
+            for i, v in enumerate(values)]
+
+
+def _row(curriculum, values, spe, name, **kw):
+    return {"arch": "resnet18", "dataset": "caltech256", "version": "1MB", "seed": 0,
+            "curriculum": curriculum, "history": _hist(values, spe), "run_name": name,
+            "best_val": max(values), "test": values[-1], "train_time_s": len(values) * spe,
+            "width": 16, "data_source": "sample", **kw}
+
+
+def test_time_to_target_is_the_first_epoch_at_or_above_target():
+    h = _hist([.2, .5, .45, .7], 3.0)
+    assert time_to_target(h, .5) == (2, 6.0)
+    assert time_to_target(h, .71) == (None, None)
+
+
+def test_speedup_uses_the_baselines_best_score_as_target():
+    df = pd.DataFrame([
+        _row("none", [.2, .5, .8, .8], 10.0, "b"),
+        _row("progressive", [.3, .6, .78, .8], 5.0, "p"),   # target .76 at epoch 3 = 15 s
+        _row("difficulty", [.1, .2, .3, .4], 10.0, "d"),    # never reaches it
+    ])
+    df = add_targets(df, 0.95)
+    assert df.target.iloc[0] == pytest.approx(0.76)
+    table = speedups(df, {"b", "p", "d"}).set_index("curriculum")
+    assert table.loc["progressive", "baseline_s"] == 30.0
+    assert table.loc["progressive", "method_s"] == 15.0
+    assert table.loc["progressive", "speedup"] == pytest.approx(2.0)
+    assert np.isnan(table.loc["difficulty", "speedup"])
+
+
+def test_geometric_mean_skips_unreached_cases():
+    assert geometric_mean([4.0, 1.0, float("nan")]) == pytest.approx(2.0)
+    assert np.isnan(geometric_mean([float("nan")]))
+
+
+def test_labels_name_sample_data_and_scaled_down_models():
+    df = pd.DataFrame([_row("none", [.5], 1.0, "a")])
+    assert "sample data" in study_label(df) and "width 16 of 64" in study_label(df)
+    real = df.assign(data_source="https://example.org/x.tar", width=64)
+    assert "sample" not in study_label(real) and "scaled" not in study_label(real)
+
+
+def test_version_names_sort_by_size():
+    assert sorted(["1MB", "100KB", "100MB", "10MB"], key=version_bytes) == \
+        ["100KB", "1MB", "10MB", "100MB"]

@@ -13,6 +13,9 @@ WORKERS ?=
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3" >/dev/null
+	@# reveal.js makes slides.html self-contained; without npm it links reveal.js's CDN
+	command -v npm >/dev/null && npm install --silent --no-audit --no-fund \
+		--prefix .venv/npm reveal.js@5.2.1 || echo "npm not found: slides.html will use a CDN"
 	touch $@
 
 report: .venv/.installed

@@ -40,7 +40,7 @@ PROFILE_KEYS = {"task", "profile", "label", "workers", *STAGES}
 STAGE_KEYS = {
     "data_prep": {"datasets", "params", "per_dataset"},
     "architectures": {"params"},
-    "method": {"archs", "curricula", "seeds", "params", "per_arch", "tuning"},
+    "method": {"archs", "curricula", "seeds", "params", "per_arch", "per_dataset", "tuning"},
     "evaluation": {"params"},
 }
 TUNING_KEYS = {"dataset", "version", "curriculum", "grid"}
@@ -130,15 +130,18 @@ def expand_plan(profile: dict, output_dir: str, cache_dir: str) -> dict:
 
     def add_run(params, where, main=False, varied=None):
         j = job("method", "", params, where)
+        j["params"].pop("variants")  # a plan entry is one run; see papermill_jobs
         j["id"] = j["params"]["run_name"] = run_id(j["params"])
-        old = method.setdefault(j["id"], {**j, "main": False, "varied": None})
+        old = method.setdefault(j["id"], {**j, "main": False, "varied": []})
         old["main"] = old["main"] or main
-        old["varied"] = old["varied"] or varied
+        if varied and varied not in old["varied"]:
+            old["varied"].append(varied)  # the default point belongs to every grid line
 
     for arch_name, ds, seed, cur in itertools.product(m["archs"], dp["datasets"],
                                                       m.get("seeds", [0]), m["curricula"]):
         for version in sizes[ds]:
-            params = {**m.get("params", {}), **m.get("per_arch", {}).get(arch_name, {}),
+            params = {**m.get("params", {}), **m.get("per_dataset", {}).get(ds, {}),
+                      **m.get("per_arch", {}).get(arch_name, {}),
                       "arch": arch_name, "dataset": ds, "version": version,
                       "curriculum": cur, "seed": seed}
             add_run(params, f"method ({arch_name}, {ds}, {version}, {cur})", main=True)
@@ -147,7 +150,9 @@ def expand_plan(profile: dict, output_dir: str, cache_dir: str) -> dict:
         check_keys(tuning, TUNING_KEYS, f"{src}: method.tuning")
         for arch_name, (hp, values) in itertools.product(m["archs"], tuning["grid"].items()):
             for value, seed in itertools.product(values, m.get("seeds", [0])):
-                params = {**m.get("params", {}), **m.get("per_arch", {}).get(arch_name, {}),
+                params = {**m.get("params", {}),
+                          **m.get("per_dataset", {}).get(tuning["dataset"], {}),
+                          **m.get("per_arch", {}).get(arch_name, {}),
                           "arch": arch_name, "dataset": tuning["dataset"],
                           "version": tuning["version"], "curriculum": tuning["curriculum"],
                           "seed": seed, hp: value}
@@ -160,6 +165,32 @@ def expand_plan(profile: dict, output_dir: str, cache_dir: str) -> dict:
     return {"task": task, "profile": profile.get("profile", Path(src).stem),
             "label": profile.get("label", ""), "source": src,
             "method_defaults": method_defaults, "stages": stages}
+
+
+def papermill_jobs(plan: dict, stage: str) -> list[dict]:
+    """The notebooks to execute for a stage.
+
+    The plan lists training *runs*; papermill runs one notebook per model x
+    dataset x size case (and one per case of the tuning grid), whose
+    ``variants`` parameter lists the case's runs. That keeps the baseline and
+    its curricula side by side in one executed notebook, and pays the
+    kernel's start-up (importing torch) once per case instead of once per run.
+    """
+    if stage != "method":
+        return plan["stages"][stage]
+    groups: dict[str, list] = {}
+    for run in plan["stages"][stage]:
+        p = run["params"]
+        case = f"{p['arch']}-{p['dataset']}-{p['version']}-s{p['seed']}"
+        groups.setdefault(case if run["main"] else f"tuning-{case}", []).append(run)
+    jobs = []
+    for ident, runs in groups.items():
+        base = runs[0]["params"]
+        variants = [{k: v for k, v in r["params"].items() if base[k] != v or k == "run_name"}
+                    for r in runs]
+        jobs.append({"id": ident, "stage": stage, "params": {**base, "variants": variants},
+                     "runs": [r["id"] for r in runs]})
+    return jobs
 
 
 def _status_path(output_dir: Path, job: dict) -> Path:
@@ -205,7 +236,7 @@ def run_plan(plan: dict, output_dir: str, workers: int, stages=STAGES) -> list[d
     threads = max(1, (os.cpu_count() or 1) // workers)
     ran = []
     for stage in stages:
-        jobs = plan["stages"][stage]
+        jobs = papermill_jobs(plan, stage)
         # Evaluation is cheap and reads everything: always redo it.
         todo = [j for j in jobs if stage == "evaluation" or not is_complete(out, j)]
         skipped = len(jobs) - len(todo)

@@ -56,3 +56,15 @@ def test_merged_notebook_holds_each_definition_once():
     assert nbmodule.PER_RUN not in markers and nbmodule.CHAPTER_IMPORT not in markers
     loops = [c.source for c in merged.cells if c.id.endswith("-run")]
     assert len(loops) == 4 and all("run_jobs(" in s for s in loops)
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_papermill_reads_every_parameter(path):
+    import ast
+
+    import papermill
+    nb = nbformat.read(path, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    assigned = [t.id for node in ast.parse(cell.source).body if isinstance(node, ast.Assign)
+                for t in node.targets]
+    assert list(papermill.inspect_notebook(str(path))) == assigned

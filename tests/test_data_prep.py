@@ -1,0 +1,312 @@
+"""Tests of chapter 01 (data prep): formats, readers, size versions, loading, fetching."""
+import hashlib
+import http.server
+import io
+import json
+import re
+import tarfile
+import threading
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from speedup.data_prep import (
+    CALTECH_NAMES, DATASETS, VOC_CLASSES, build_size_versions, encode_image, fetch_dataset,
+    load_version, make_sample_caltech256, make_sample_voc2012, nested_order, prepare_dataset,
+    read_caltech256, read_voc2012, read_voc_annotation, safe_extract,
+)
+
+N_CLASSES = 6
+# growing budgets with growing short sides: nesting must still hold
+SIZES = {"s": 20_000, "m": 60_000, "l": 150_000}
+SIDES = {"s": 16, "m": 24, "l": 32}
+FRACTIONS = [0.7, 0.15, 0.15]
+
+
+@pytest.fixture(scope="module")
+def caltech(tmp_path_factory):
+    root = make_sample_caltech256(tmp_path_factory.mktemp("caltech"), n_classes=N_CLASSES,
+                                  images_per_class=(30, 90), n_clutter=10)
+    return root, read_caltech256(root)
+
+
+@pytest.fixture(scope="module")
+def voc(tmp_path_factory):
+    root = make_sample_voc2012(tmp_path_factory.mktemp("voc"), n_images=400, n_unlisted=7)
+    return root, read_voc2012(root)
+
+
+def build(data, out_dir, name, seed=0, **overrides):
+    records, classes, _ = data
+    kwargs = dict(multi_label=DATASETS[name]["multi_label"], sizes=SIZES, short_sides=SIDES,
+                  jpeg_quality=85, split_fractions=FRACTIONS, seed=seed, out_dir=out_dir,
+                  dataset=name)
+    kwargs.update(overrides)
+    return build_size_versions(records, classes, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, caltech, voc):
+    out = tmp_path_factory.mktemp("out")
+    return out, {"caltech256": build(caltech[1], out / "data" / "caltech256", "caltech256"),
+                 "voc2012": build(voc[1], out / "data" / "voc2012", "voc2012")}
+
+
+# ---------------------------------------------------------------- formats and readers
+
+def test_caltech_sample_layout_and_reader(caltech):
+    root, (records, classes, skipped) = caltech
+    top = root / "256_ObjectCategories"
+    folders = sorted(p.name for p in top.iterdir())
+    assert folders[:3] == ["001.ak47", "002.american-flag", "003.backpack"]
+    assert folders[-1] == "257.clutter" and len(folders) == N_CLASSES + 1
+    for folder in top.iterdir():
+        number = folder.name[:3]
+        names = [p.name for p in folder.iterdir() if p.suffix == ".jpg"]
+        assert names and all(re.fullmatch(rf"{number}_\d{{4}}\.jpg", n) for n in names)
+    assert classes == CALTECH_NAMES[:N_CLASSES]          # clutter excluded by default
+    assert skipped == 1                                   # the stray RENAME2 file
+    counts = np.bincount([label for _, label in records])
+    assert counts.max() > 1.5 * counts.min()              # imbalanced, like the real data
+    with_clutter, classes_c, _ = read_caltech256(root, include_clutter=True)
+    assert classes_c == classes + ["clutter"] and len(with_clutter) == len(records) + 10
+
+
+def test_grayscale_and_cmyk_become_rgb(caltech):
+    root, (records, _, _) = caltech
+    modes = {}
+    for path, _ in records:
+        with Image.open(path) as image:
+            modes.setdefault(image.mode, path)
+    assert {"L", "RGB"} <= set(modes)
+    for path in modes.values():
+        with Image.open(io.BytesIO(encode_image(path, 16, 85))) as image:
+            assert image.mode == "RGB" and min(image.size) == 16
+
+
+def test_voc_sample_layout_and_reader(voc):
+    root, (records, classes, skipped) = voc
+    top = root / "VOCdevkit" / "VOC2012"
+    main = top / "ImageSets" / "Main"
+    assert classes == VOC_CLASSES and skipped == 0 and len(records) == 400
+    assert len(list((top / "JPEGImages").iterdir())) == 407      # unlisted images exist
+    train, val = (set((main / f"{s}.txt").read_text().split()) for s in ("train", "val"))
+    assert train | val == set((main / "trainval.txt").read_text().split()) and not train & val
+    seen = set()
+    for path, targets in records:
+        objects = read_voc_annotation(top / "Annotations" / f"{path.stem}.xml")
+        assert objects and all(o["bndbox"][0] < o["bndbox"][2] for o in objects)
+        expected = [-1] * len(VOC_CLASSES)
+        for o in objects:
+            c = VOC_CLASSES.index(o["name"])
+            expected[c] = max(expected[c], 0 if o["difficult"] else 1)
+        assert list(targets) == expected
+        seen.update(targets)
+    assert seen == {-1, 0, 1}
+
+
+# ---------------------------------------------------------------- size versions
+
+@pytest.mark.parametrize("name", ["caltech256", "voc2012"])
+def test_versions_fit_budget_and_cover_every_class(built, name):
+    out, manifests = built[0], built[1][name]
+    for version, m in manifests.items():
+        folder = out / "data" / name / version
+        sizes = [(folder / it["file"]).stat().st_size for it in m["items"]]
+        assert m["bytes"] == sum(sizes) <= m["budget_bytes"]
+        assert m["bytes"] >= 0.95 * m["budget_bytes"]            # close to the budget
+        assert len(list((folder / "files").iterdir())) == len(m["items"])
+        assert m["mb_definition"].startswith("1 MB = 10**6 bytes")
+        for split in ("train", "val", "test"):
+            assert min(m["counts"][split].values()) >= 1, (version, split)
+        files = [it["file"] for it in m["items"]]
+        assert len(files) == len(set(files))                     # no item in two splits
+        it = m["items"][0]
+        assert hashlib.sha256((folder / it["file"]).read_bytes()).hexdigest() == it["sha256"]
+        with Image.open(folder / it["file"]) as image:
+            assert min(image.size) == SIDES[version] and image.mode == "RGB"
+    assert manifests["l"]["tv_distance"] < 0.08                  # proportions kept
+    n = manifests["l"]["n_images"]
+    assert abs(n["train"] / n["total"] - 0.7) < 0.05
+
+
+@pytest.mark.parametrize("name", ["caltech256", "voc2012"])
+def test_versions_are_nested(built, name):
+    manifests = built[1][name]
+    splits = [{it["source"]: it["split"] for it in m["items"]} for m in manifests.values()]
+    for smaller, larger in zip(splits, splits[1:]):
+        assert len(smaller) < len(larger)
+        assert all(larger.get(source) == split for source, split in smaller.items())
+
+
+def test_same_seed_gives_identical_manifests(built, caltech, tmp_path):
+    out = built[0]
+    again = build(caltech[1], tmp_path / "again", "caltech256")
+    for version in SIZES:
+        assert (tmp_path / "again" / version / "manifest.json").read_bytes() == \
+            (out / "data" / "caltech256" / version / "manifest.json").read_bytes()
+    other = build(caltech[1], tmp_path / "other", "caltech256", seed=1)
+    assert [i["source"] for i in other["s"]["items"]] != [i["source"] for i in again["s"]["items"]]
+
+
+def test_rerun_resumes_and_setting_change_rebuilds(caltech, tmp_path):
+    sizes, sides = {"s": 20_000}, {"s": 16}
+    build(caltech[1], tmp_path, "caltech256", sizes=sizes, short_sides=sides)
+    manifest = tmp_path / "s" / "manifest.json"
+    stamp = manifest.stat().st_mtime_ns
+    build(caltech[1], tmp_path, "caltech256", sizes=sizes, short_sides=sides)
+    assert manifest.stat().st_mtime_ns == stamp
+    changed = build(caltech[1], tmp_path, "caltech256", sizes=sizes, short_sides=sides,
+                    jpeg_quality=60)
+    assert changed["s"]["jpeg_quality"] == 60 and manifest.stat().st_mtime_ns != stamp
+
+
+def test_too_small_budget_is_a_clear_error(caltech, tmp_path):
+    with pytest.raises(ValueError, match=r"caltech256 version 'tiny'.*budget 3,000 bytes"):
+        build(caltech[1], tmp_path, "caltech256", sizes={"tiny": 3_000},
+              short_sides={"tiny": 32})
+    assert not (tmp_path / "tiny").exists()
+
+
+def test_nested_order_prefixes_are_stratified():
+    labels = [(0,)] * 600 + [(1,)] * 300 + [(2,)] * 100
+    order, splits, n_cover = nested_order(labels, 3, FRACTIONS, seed=0)
+    assert sorted(order) == list(range(1000)) and n_cover == 9
+    cover = {(labels[i][0], splits[i]) for i in order[:n_cover]}
+    assert len(cover) == 9                                       # each class x each split
+    for length in (100, 400, 1000):
+        counts = np.bincount([labels[i][0] for i in order[:length]], minlength=3)
+        assert np.allclose(counts / length, [0.6, 0.3, 0.1], atol=0.04)
+    with pytest.raises(ValueError, match="fewer than 3"):
+        nested_order([(0,)] * 5 + [(1,)] * 2, 2, FRACTIONS, seed=0)
+
+
+# ---------------------------------------------------------------- loading
+
+def test_load_version_shapes_dtypes_and_mask(built):
+    out, manifests = built
+    single = load_version(out, "caltech256", "m")
+    assert single.image_size == 24 and not single.multi_label and single.train.mask is None
+    assert single.train.images.shape[1:] == (3, 24, 24)
+    assert single.train.images.dtype == torch.uint8 and single.val.targets.dtype == torch.int64
+    n = manifests["caltech256"]["m"]["n_images"]
+    assert (len(single.train), len(single.val), len(single.test)) == \
+        (n["train"], n["val"], n["test"])
+    multi = load_version(out, "voc2012", "l")
+    split = multi.train
+    assert split.images.shape[1:] == (3, 32, 32) and split.targets.dtype == torch.float32
+    assert split.targets.shape == split.mask.shape == (len(split), 20)
+    assert split.mask.dtype == torch.bool
+    items = [it for it in multi.manifest["items"] if it["split"] == "train"]
+    difficult = [(r, c) for r, it in enumerate(items) for c in it["difficult"]]
+    assert difficult and all(not split.mask[r, c] for r, c in difficult)
+    assert int((~split.mask).sum()) == len(difficult)
+    assert torch.equal(split.targets.sum(1), torch.tensor([len(it["labels"]) for it in items],
+                                                          dtype=torch.float32))
+    with pytest.raises(FileNotFoundError, match="run the data chapter"):
+        load_version(out, "voc2012", "10MB")
+
+
+# ---------------------------------------------------------------- fetching
+
+def test_unknown_dataset(tmp_path):
+    with pytest.raises(ValueError, match=r"'mnist'.*caltech256"):
+        fetch_dataset("mnist", "sample", tmp_path)
+
+
+class _Server:
+    """A loopback HTTP server for a folder that records the paths requested."""
+
+    def __init__(self, folder):
+        self.requests = []
+        server = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def do_GET(self):
+                server.requests.append(self.path)
+                super().do_GET()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", 0), partial(Handler, directory=str(folder)))
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+@pytest.fixture()
+def served_voc(tmp_path, monkeypatch):
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    root = make_sample_voc2012(tmp_path / "src", n_images=30, n_unlisted=0)
+    (tmp_path / "www").mkdir()
+    archive = tmp_path / "www" / "voc_sample.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(root / "VOCdevkit", arcname="VOCdevkit")
+    server = _Server(tmp_path / "www")
+    yield server, archive
+    server.httpd.shutdown()
+
+
+def test_fetch_from_url_with_md5_mirrors_and_cache(served_voc, tmp_path):
+    server, archive = served_voc
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    mirrors = [f"{server.url}/missing/voc_sample.tar", f"{server.url}/voc_sample.tar"]
+    root = fetch_dataset("voc2012", mirrors, tmp_path / "cache", md5=md5)
+    assert server.requests == ["/missing/voc_sample.tar", "/voc_sample.tar"]  # 404, then ok
+    records, _, _ = read_voc2012(root)
+    assert len(records) == 30
+    again = fetch_dataset("voc2012", mirrors, tmp_path / "cache", md5=md5)
+    assert again == root and len(server.requests) == 2               # cache hit: no request
+    with pytest.raises(RuntimeError, match="md5"):
+        fetch_dataset("voc2012", mirrors[1:], tmp_path / "cache2", md5="0" * 32)
+
+
+def test_registry_md5_applies_to_the_official_archive_name(served_voc, tmp_path):
+    server, archive = served_voc
+    archive.rename(archive.with_name(DATASETS["voc2012"]["archive"]))  # not the real bytes
+    url = f"{server.url}/{DATASETS['voc2012']['archive']}"
+    with pytest.raises(RuntimeError, match=DATASETS["voc2012"]["md5"]):
+        fetch_dataset("voc2012", url, tmp_path / "cache")
+    assert not (tmp_path / "cache" / "voc2012").exists()
+
+
+def test_tar_member_outside_target_is_refused(tmp_path):
+    archive = tmp_path / "evil.tar"
+    with tarfile.open(archive, "w") as tar:
+        for name in ("VOCdevkit/VOC2012/ok.txt", "../escaped.txt"):
+            member = tarfile.TarInfo(name)
+            member.size = 2
+            tar.addfile(member, io.BytesIO(b"hi"))
+    with pytest.raises(ValueError, match="escaped.txt"):
+        fetch_dataset("voc2012", str(archive), tmp_path / "cache")
+    assert not (tmp_path / "escaped.txt").exists()
+    assert not (tmp_path / "cache" / "escaped.txt").exists()
+    with pytest.raises(ValueError):
+        safe_extract(archive, tmp_path / "direct")
+    assert not (tmp_path / "direct").exists() and not (tmp_path / "direct.partial").exists()
+
+
+def test_fetch_local_folder(caltech):
+    root, _ = caltech
+    assert fetch_dataset("caltech256", str(root), "unused") == root.resolve()
+    assert fetch_dataset("caltech256", str(root / "256_ObjectCategories"), "unused") == \
+        root.resolve()
+
+
+# ---------------------------------------------------------------- entry point
+
+def test_prepare_dataset_writes_versions_figure_and_table(tmp_path):
+    manifests = prepare_dataset(
+        "caltech256", "sample", {"a": 30_000, "b": 60_000}, {"a": 24, "b": 24}, 85, FRACTIONS,
+        False, 0, tmp_path / "out", tmp_path / "cache", show=False)
+    assert list(manifests) == ["a", "b"] and manifests["a"]["source_checksum"] == "sample-v1"
+    assert (tmp_path / "out" / "figures" / "samples_caltech256.png").stat().st_size > 1000
+    table = (tmp_path / "out" / "tables" / "data_caltech256.md").read_text()
+    assert "| a |" in table and "embedded sample data" in table
+    assert json.loads((tmp_path / "out/data/caltech256/b/manifest.json").read_text())[
+        "classes"] == CALTECH_NAMES[:10]

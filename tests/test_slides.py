@@ -1,0 +1,168 @@
+"""The slide deck renders from a pipeline output dir and meets the presentation's rules.
+
+The output dir here is filled with placeholder figures and tables of the real names and
+shapes, so the deck is tested without running the pipeline (seconds, not minutes).
+"""
+import os
+import re
+import shutil
+import stat
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+from pptx import Presentation  # noqa: E402
+from pptx.enum.shapes import MSO_SHAPE_TYPE, PP_PLACEHOLDER  # noqa: E402
+
+import render_slides  # noqa: E402
+
+LABEL = "Demo profile: embedded sample data, scaled-down models (width 16 of 64)"
+TOPICS = ("Dataset", "Approach", "Architectures", "Evaluation")
+FIGURES = ("samples_caltech256", "samples_voc2012", "schedule", "tuning", "convergence",
+           "epochs_to_target", "final_performance", "time_to_target")
+WORDS_PER_MINUTE = 130
+TALK_MINUTES = 12
+
+
+def _table(columns: list[str], rows: int, caption: str) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(f"{c[:3]}{r}" for c in columns) + " |" for r in range(rows)]
+    return "\n".join(lines) + f"\n\n{caption}\n"
+
+
+def make_placeholder_output(output_dir) -> None:
+    """Figures and tables with the pipeline's names, the sizes of its largest ones."""
+    (output_dir / "figures").mkdir(parents=True, exist_ok=True)
+    (output_dir / "tables").mkdir(parents=True, exist_ok=True)
+    for name in FIGURES:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        ax.plot([0, 1, 2], [0, 1, 0.5])
+        ax.set_title(f"placeholder: {name}")
+        fig.savefig(output_dir / "figures" / f"{name}.png", dpi=60)
+        plt.close(fig)
+    data_cols = ["version", "bytes", "budget", "train", "val", "test", "classes",
+                 "resolution", "TV distance"]
+    caption = "*Computed on embedded sample data with scaled-down models.*"
+    tables = {
+        "data_caltech256": _table(data_cols, 3, caption),
+        "data_voc2012": _table(data_cols, 3, caption),
+        "architectures": _table(["model", "dataset", "classes", "params (M)",
+                                 "GFLOPs @ 16 px", "GFLOPs @ 32 px"], 4, caption),
+        # 2 archs x 2 datasets x 3 sizes x 2 curricula: the longest table on any slide.
+        "speedup": _table(["model", "dataset", "size", "curriculum", "baseline s",
+                           "method s", "speed-up", "epochs (base / method)",
+                           "test (base / method)"], 24, "Geometric-mean speed-up: ...\n\n"
+                          + caption),
+    }
+    for name, text in tables.items():
+        (output_dir / "tables" / f"{name}.md").write_text(text)
+    (output_dir / "tables" / "label.md").write_text(LABEL + "\n")
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("output")
+    make_placeholder_output(output_dir)
+    return render_slides.render(output_dir, engine="pandoc")
+
+
+def _title(slide) -> str:
+    return slide.shapes.title.text_frame.text if slide.shapes.title is not None else ""
+
+
+def _text(slide) -> str:
+    return "\n".join(s.text_frame.text for s in slide.shapes if s.has_text_frame)
+
+
+def _has_picture(slide) -> bool:
+    return any(s.shape_type == MSO_SHAPE_TYPE.PICTURE
+               or (s.is_placeholder and s.placeholder_format.type == PP_PLACEHOLDER.PICTURE)
+               for s in slide.shapes)
+
+
+def _notes(slide) -> str:
+    return slide.notes_slide.notes_text_frame.text.strip() if slide.has_notes_slide else ""
+
+
+def test_deck_covers_the_required_topics(rendered):
+    titles = [_title(s) for s in Presentation(rendered["pptx"]).slides]
+    for topic in TOPICS:
+        assert any(topic in t for t in titles), f"no slide title mentions {topic!r}: {titles}"
+    assert 10 <= len(titles) <= 14, titles  # a 12-minute talk
+
+
+def test_every_slide_has_speaker_notes_that_fit_the_talk(rendered):
+    slides = list(Presentation(rendered["pptx"]).slides)
+    empty = [i + 1 for i, s in enumerate(slides) if not _notes(s)]
+    assert not empty, f"slides without speaker notes: {empty}"
+    words = sum(len(re.findall(r"\S+", _notes(s))) for s in slides)
+    assert words / WORDS_PER_MINUTE <= TALK_MINUTES, f"{words} words of notes"
+
+
+def test_figures_and_labels_are_on_the_slides(rendered):
+    slides = list(Presentation(rendered["pptx"]).slides)
+    assert sum(_has_picture(s) for s in slides) >= 4
+    assert LABEL in _text(slides[0]), "the profile label is not on the title slide"
+    results = [s for s in slides if _title(s).startswith("Evaluation:")]
+    assert results and all(LABEL in _text(s) for s in results)
+
+
+def test_everything_stays_on_its_slide(rendered):
+    deck = Presentation(rendered["pptx"])
+    for number, slide in enumerate(deck.slides, 1):
+        for shape in slide.shapes:
+            assert 0 <= shape.left and shape.left + shape.width <= deck.slide_width, number
+            assert 0 <= shape.top and shape.top + shape.height <= deck.slide_height, number
+
+
+def test_outputs_say_they_are_generated(rendered, tmp_path):
+    html = rendered["revealjs"].read_text(encoding="utf-8")
+    assert "reveal" in html and html.startswith("<!-- generated by render_slides.py")
+    assert "generated" in Presentation(rendered["pptx"]).core_properties.comments
+    staged = rendered["pptx"].parent / "slides.qmd"
+    assert staged.read_text().startswith("<!-- generated by render_slides.py")
+    assert "{{<" not in staged.read_text(), "an include shortcode was left unexpanded"
+
+
+def test_missing_figure_is_named_before_rendering(tmp_path):
+    make_placeholder_output(tmp_path)
+    (tmp_path / "figures" / "tuning.png").unlink()
+    with pytest.raises(render_slides.MissingInputError, match="figures/tuning.png"):
+        render_slides.render(tmp_path, engine="pandoc")
+    assert not (tmp_path / "slides.pptx").exists()
+    assert render_slides.main(["--output-dir", str(tmp_path)]) == 1
+
+
+FAKE_QUARTO = """#!/bin/sh
+# Stands in for Quarto: logs its arguments and the project file it finds, then writes what
+# `quarto render slides.qmd --to FORMAT` would, copied from a deck pandoc rendered.
+echo "$@" >> "$QUARTO_LOG"
+cat _quarto.yml slide_fixes.lua > /dev/null || exit 3
+case "$4" in
+  pptx) cp "$FAKE_DECK_DIR/slides.pptx" slides.pptx ;;
+  revealjs) cp "$FAKE_DECK_DIR/slides.html" slides.html ;;
+esac
+"""
+
+
+def test_quarto_renders_the_staged_copy_when_on_path(rendered, tmp_path, monkeypatch):
+    bin_dir, output_dir = tmp_path / "bin", tmp_path / "output"
+    bin_dir.mkdir()
+    quarto = bin_dir / "quarto"
+    quarto.write_text(FAKE_QUARTO)
+    quarto.chmod(quarto.stat().st_mode | stat.S_IEXEC)
+    make_placeholder_output(output_dir)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("QUARTO_LOG", str(tmp_path / "quarto.log"))
+    monkeypatch.setenv("FAKE_DECK_DIR", str(rendered["pptx"].parent))
+    assert shutil.which("quarto") == str(quarto)
+    outputs = render_slides.render(output_dir)  # engine "auto" picks Quarto
+    calls = (tmp_path / "quarto.log").read_text().splitlines()
+    assert calls == ["render slides.qmd --to pptx", "render slides.qmd --to revealjs"]
+    assert sorted(p.name for p in outputs.values()) == ["slides.html", "slides.pptx"]
+    # The temporary project files are gone; the staged copy stays beside the outputs.
+    assert not (output_dir / "_quarto.yml").exists()
+    assert not (output_dir / "slide_fixes.lua").exists()
+    assert (output_dir / "slides.qmd").is_file()

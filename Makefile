@@ -34,7 +34,7 @@ slides: .venv/.installed
 	$(PY) render_slides.py --output-dir $(OUT)
 
 test: .venv/.installed
-	$(PY) -m pytest -n 2 --durations=10 tests
+	$(PY) -m pytest -n 2 --dist loadfile --durations=10 tests
 
 clean:
 	rm -rf $(OUT) _cache

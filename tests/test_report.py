@@ -1,14 +1,20 @@
-"""The slide deck renders from a pipeline output dir and meets the presentation's rules.
+"""The report: speedup.ipynb runs the whole demo study on its own, and the slide deck
+renders from a pipeline output dir and meets the presentation's rules.
 
-The output dir here is filled with placeholder figures and tables of the real names and
-shapes, so the deck is tested without running the pipeline (seconds, not minutes).
+The deck is tested twice: from placeholder figures and tables of the real names and shapes
+(seconds), and from the output of the merged notebook's demo run (minutes, run once here:
+`make test` distributes tests by file, so this file's fixtures run on one worker).
 """
+import json
 import os
 import re
 import shutil
 import stat
+from pathlib import Path
 
 import matplotlib
+import nbformat
+import papermill
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -18,10 +24,11 @@ from pptx.enum.shapes import MSO_SHAPE_TYPE, PP_PLACEHOLDER  # noqa: E402
 
 import render_slides  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
 LABEL = "Demo profile: embedded sample data, scaled-down models (width 16 of 64)"
 TOPICS = ("Dataset", "Approach", "Architectures", "Evaluation")
 FIGURES = ("samples_caltech256", "samples_voc2012", "schedule", "tuning", "convergence",
-           "epochs_to_target", "final_performance", "time_to_target")
+           "epochs_to_target", "final_performance", "time_to_target", "speedup")
 WORDS_PER_MINUTE = 130
 TALK_MINUTES = 12
 
@@ -56,15 +63,19 @@ def make_placeholder_output(output_dir) -> None:
                            "test (base / method)"], 24, "Geometric-mean speed-up: ...\n\n"
                           + caption),
     }
+    tables["speedup_summary"] = "Target: 95% of the baseline's best validation score.\n"
     for name, text in tables.items():
         (output_dir / "tables" / f"{name}.md").write_text(text)
     (output_dir / "tables" / "label.md").write_text(LABEL + "\n")
 
 
-@pytest.fixture(scope="module")
-def rendered(tmp_path_factory):
-    output_dir = tmp_path_factory.mktemp("output")
-    make_placeholder_output(output_dir)
+@pytest.fixture(scope="module", params=["placeholders", "pipeline"])
+def rendered(request, tmp_path_factory):
+    if request.param == "pipeline":  # the demo study, run by speedup.ipynb
+        output_dir = request.getfixturevalue("demo_notebook_run") / "_output"
+    else:
+        output_dir = tmp_path_factory.mktemp("output")
+        make_placeholder_output(output_dir)
     return render_slides.render(output_dir, engine="pandoc")
 
 
@@ -166,3 +177,45 @@ def test_quarto_renders_the_staged_copy_when_on_path(rendered, tmp_path, monkeyp
     assert not (output_dir / "_quarto.yml").exists()
     assert not (output_dir / "slide_fixes.lua").exists()
     assert (output_dir / "slides.qmd").is_file()
+
+@pytest.fixture(scope="module")
+def demo_notebook_run(tmp_path_factory):
+    """speedup.ipynb, run top to bottom in a fresh kernel with profile=demo.
+
+    It runs in an empty folder, as on Colab: the merged notebook must need no
+    file of this repository.
+    """
+    work = tmp_path_factory.mktemp("colab")
+    papermill.execute_notebook(str(ROOT / "speedup.ipynb"), str(work / "speedup.out.ipynb"),
+                               parameters={"profile": "demo"}, kernel_name="python3",
+                               cwd=str(work), progress_bar=False)
+    return work
+
+
+def test_merged_notebook_runs_every_job_of_the_demo(demo_notebook_run):
+    out = demo_notebook_run / "_output"
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["profile"] == "demo" and plan["task"] == "cv"
+    for run in plan["stages"]["method"]:
+        result = json.loads((out / "results" / f"{run['id']}.json").read_text())
+        assert result["status"] == "complete"
+        assert len(result["history"]) == run["params"]["epochs"]
+        assert result["data_source"] == "sample"
+    for dataset in ("caltech256", "voc2012"):
+        versions = sorted(p.name for p in (out / "data" / dataset).iterdir())
+        assert versions == ["100KB", "1MB", "300KB"]
+    for name in ("tuning", "convergence", "epochs_to_target", "final_performance",
+                 "time_to_target", "speedup", "schedule"):
+        assert (out / "figures" / f"{name}.png").stat().st_size > 10_000, name
+    table = (out / "tables" / "speedup.md").read_text()
+    assert "Geometric-mean speed-up" in table and "embedded sample data" in table
+
+
+def test_merged_notebook_reports_no_failures(demo_notebook_run):
+    nb = nbformat.read(demo_notebook_run / "speedup.out.ipynb", as_version=4)
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+              if o.output_type == "error"]
+    assert not errors
+    last = nb.cells[-1]
+    assert last.id == "gen-failures"
+    assert "failed jobs: none" in "".join(o.get("text", "") for o in last.outputs)

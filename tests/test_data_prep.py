@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 
 from speedup.data_prep import (
-    CALTECH_NAMES, DATASETS, VOC_CLASSES, build_size_versions, encode_image, fetch_dataset,
-    load_version, make_sample_caltech256, make_sample_voc2012, nested_order, prepare_dataset,
+    CALTECH_NAMES, DATASETS, VOC_CLASSES, ArchiveError, DownloadError, build_size_versions,
+    download, encode_image, fetch_dataset, load_version, make_sample_caltech256, make_sample_voc2012, nested_order, prepare_dataset,
     read_caltech256, read_voc2012, read_voc_annotation, safe_extract,
 )
 
@@ -219,34 +219,67 @@ def test_unknown_dataset(tmp_path):
 
 
 class _Server:
-    """A loopback HTTP server for a folder that records the paths requested."""
+    """A loopback HTTP server for a folder, with Range support and scripted failures.
 
-    def __init__(self, folder):
-        self.requests = []
+    `requests` records (path, Range header) of every request. A path in `drop_once` gets,
+    the first time, the headers of the whole file but only half its bytes, then the
+    connection closes (as when a transfer breaks). `no_range` ignores Range headers.
+    """
+
+    def __init__(self, folder, drop_once=(), no_range=False):
+        self.requests, self.drop_once = [], set(drop_once)
         server = self
 
-        class Handler(http.server.SimpleHTTPRequestHandler):
+        class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
-                server.requests.append(self.path)
-                super().do_GET()
+                server.requests.append((self.path, self.headers.get("Range")))
+                path = Path(folder) / self.path.lstrip("/")
+                if not path.is_file():
+                    self.send_error(404)
+                    return
+                data = path.read_bytes()
+                match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
+                start = int(match.group(1)) if match and not no_range else 0
+                if start >= len(data) > 0:
+                    self.send_error(416)
+                    return
+                self.send_response(206 if start else 200)
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.send_header("Content-Length", str(len(data) - start))
+                self.end_headers()
+                if self.path in server.drop_once:
+                    server.drop_once.discard(self.path)
+                    self.wfile.write(data[start:start + (len(data) - start) // 2])
+                    self.close_connection = True
+                    return
+                self.wfile.write(data[start:])
 
             def log_message(self, *args):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(
-            ("127.0.0.1", 0), partial(Handler, directory=str(folder)))
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    @property
+    def paths(self):
+        return [path for path, _ in self.requests]
+
+
+def _sample_voc_tar(tmp_path, name="voc_sample.tar"):
+    root = make_sample_voc2012(tmp_path / "src", n_images=30, n_unlisted=0)
+    (tmp_path / "www").mkdir(exist_ok=True)
+    archive = tmp_path / "www" / name
+    with tarfile.open(archive, "w") as tar:
+        tar.add(root / "VOCdevkit", arcname="VOCdevkit")
+    return archive
 
 
 @pytest.fixture()
 def served_voc(tmp_path, monkeypatch):
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    root = make_sample_voc2012(tmp_path / "src", n_images=30, n_unlisted=0)
-    (tmp_path / "www").mkdir()
-    archive = tmp_path / "www" / "voc_sample.tar"
-    with tarfile.open(archive, "w") as tar:
-        tar.add(root / "VOCdevkit", arcname="VOCdevkit")
+    archive = _sample_voc_tar(tmp_path)
     server = _Server(tmp_path / "www")
     yield server, archive
     server.httpd.shutdown()
@@ -257,20 +290,81 @@ def test_fetch_from_url_with_md5_mirrors_and_cache(served_voc, tmp_path):
     md5 = hashlib.md5(archive.read_bytes()).hexdigest()
     mirrors = [f"{server.url}/missing/voc_sample.tar", f"{server.url}/voc_sample.tar"]
     root = fetch_dataset("voc2012", mirrors, tmp_path / "cache", md5=md5)
-    assert server.requests == ["/missing/voc_sample.tar", "/voc_sample.tar"]  # 404, then ok
+    assert server.paths == ["/missing/voc_sample.tar", "/voc_sample.tar"]  # 404, then ok
     records, _, _ = read_voc2012(root)
     assert len(records) == 30
     again = fetch_dataset("voc2012", mirrors, tmp_path / "cache", md5=md5)
     assert again == root and len(server.requests) == 2               # cache hit: no request
-    with pytest.raises(RuntimeError, match="md5"):
-        fetch_dataset("voc2012", mirrors[1:], tmp_path / "cache2", md5="0" * 32)
+
+def test_wrong_checksum_is_downloaded_again_once_then_named(served_voc, tmp_path):
+    server, archive = served_voc
+    actual = hashlib.md5(archive.read_bytes()).hexdigest()
+    url = f"{server.url}/voc_sample.tar"
+    expected = "0" * 32
+    with pytest.raises(DownloadError, match=rf"{re.escape(url)}: checksum mismatch: "
+                                            rf"expected md5 {expected}, got md5 {actual}"):
+        fetch_dataset("voc2012", url, tmp_path / "cache", md5=expected)
+    assert server.paths == ["/voc_sample.tar"] * 2           # deleted, downloaded once more
+    assert not list((tmp_path / "cache" / "downloads").iterdir())   # nothing bad kept
+
+
+def test_interrupted_download_resumes_with_range(tmp_path, monkeypatch):
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    archive = _sample_voc_tar(tmp_path)
+    server = _Server(tmp_path / "www", drop_once={"/voc_sample.tar"})
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    try:
+        root = fetch_dataset("voc2012", f"{server.url}/voc_sample.tar", tmp_path / "cache",
+                             md5=md5)
+    finally:
+        server.httpd.shutdown()
+    half = archive.stat().st_size // 2
+    assert server.requests == [("/voc_sample.tar", None), ("/voc_sample.tar", f"bytes={half}-")]
+    assert len(read_voc2012(root)[0]) == 30
+    cached = tmp_path / "cache" / "downloads" / "voc_sample.tar"
+    assert cached.read_bytes() == archive.read_bytes()
+    assert not cached.with_name("voc_sample.tar.part").exists()
+
+
+def test_part_file_left_by_a_killed_run_is_resumed(served_voc, tmp_path):
+    server, archive = served_voc
+    data = archive.read_bytes()
+    part = tmp_path / "dl" / "voc_sample.tar.part"
+    part.parent.mkdir()
+    part.write_bytes(data[:1000])
+    digest = download([f"{server.url}/voc_sample.tar"], part.with_suffix(""),
+                      hashlib.md5(data).hexdigest())
+    assert digest == hashlib.md5(data).hexdigest()
+    assert server.requests == [("/voc_sample.tar", "bytes=1000-")]
+    assert (tmp_path / "dl" / "voc_sample.tar").read_bytes() == data
+
+
+def test_server_without_range_support_restarts(tmp_path, monkeypatch):
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    archive = _sample_voc_tar(tmp_path)
+    server = _Server(tmp_path / "www", no_range=True)
+    part = tmp_path / "dl" / "voc_sample.tar.part"
+    part.parent.mkdir()
+    part.write_bytes(b"x" * 500)          # bytes the server will not continue from
+    try:
+        download([f"{server.url}/voc_sample.tar"], part.with_suffix(""))
+    finally:
+        server.httpd.shutdown()
+    assert (tmp_path / "dl" / "voc_sample.tar").read_bytes() == archive.read_bytes()
+
+
+def test_all_mirrors_failing_names_each(served_voc, tmp_path):
+    server, _ = served_voc
+    mirrors = [f"{server.url}/a.tar", "http://127.0.0.1:9/b.tar"]   # 404; nothing listens
+    with pytest.raises(DownloadError, match=r"(?s)a\.tar.*404.*b\.tar"):
+        download(mirrors, tmp_path / "x.tar", attempts=2, backoff=0)
 
 
 def test_registry_md5_applies_to_the_official_archive_name(served_voc, tmp_path):
     server, archive = served_voc
     archive.rename(archive.with_name(DATASETS["voc2012"]["archive"]))  # not the real bytes
     url = f"{server.url}/{DATASETS['voc2012']['archive']}"
-    with pytest.raises(RuntimeError, match=DATASETS["voc2012"]["md5"]):
+    with pytest.raises(DownloadError, match=DATASETS["voc2012"]["md5"]):
         fetch_dataset("voc2012", url, tmp_path / "cache")
     assert not (tmp_path / "cache" / "voc2012").exists()
 
@@ -286,9 +380,45 @@ def test_tar_member_outside_target_is_refused(tmp_path):
         fetch_dataset("voc2012", str(archive), tmp_path / "cache")
     assert not (tmp_path / "escaped.txt").exists()
     assert not (tmp_path / "cache" / "escaped.txt").exists()
-    with pytest.raises(ValueError):
+    with pytest.raises(ArchiveError):
         safe_extract(archive, tmp_path / "direct")
     assert not (tmp_path / "direct").exists() and not (tmp_path / "direct.partial").exists()
+
+
+@pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.CHRTYPE,
+                                  tarfile.FIFOTYPE])
+def test_links_and_device_files_are_refused(tmp_path, kind):
+    archive = tmp_path / "links.tar"
+    with tarfile.open(archive, "w") as tar:
+        ok = tarfile.TarInfo("VOCdevkit/VOC2012/ok.txt")
+        ok.size = 2
+        tar.addfile(ok, io.BytesIO(b"hi"))
+        member = tarfile.TarInfo("VOCdevkit/VOC2012/trap")
+        member.type = kind
+        member.linkname = "VOCdevkit/VOC2012/ok.txt" if kind == tarfile.LNKTYPE else "ok.txt"
+        tar.addfile(member)
+    with pytest.raises(ArchiveError, match="trap"):
+        safe_extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+@pytest.mark.parametrize("cut", ["mid-file", "at-member"])
+def test_truncated_archive_is_a_clear_error(served_voc, tmp_path, cut):
+    server, archive = served_voc
+    data = archive.read_bytes()
+    with tarfile.open(archive) as tar:
+        members = tar.getmembers()
+    if cut == "mid-file":
+        big = max(members, key=lambda m: m.size)
+        end = big.offset_data + big.size // 2
+    else:    # exactly where a member's header starts: tarfile alone would not notice
+        end = members[len(members) // 2].offset
+    (archive.parent / "cut.tar").write_bytes(data[:end])
+    url = f"{server.url}/cut.tar"
+    with pytest.raises(ArchiveError, match="truncated"):
+        fetch_dataset("voc2012", url, tmp_path / "cache")
+    assert not (tmp_path / "cache" / "voc2012").exists()
+    assert not (tmp_path / "cache" / "downloads" / "cut.tar").exists()   # re-fetched next time
 
 
 def test_fetch_local_folder(caltech):

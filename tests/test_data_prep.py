@@ -435,8 +435,87 @@ def test_prepare_dataset_writes_versions_figure_and_table(tmp_path):
         "caltech256", "sample", {"a": 30_000, "b": 60_000}, {"a": 24, "b": 24}, 85, FRACTIONS,
         False, 0, tmp_path / "out", tmp_path / "cache", show=False)
     assert list(manifests) == ["a", "b"] and manifests["a"]["source_checksum"] == "sample-v1"
+    assert manifests["a"]["source_report"] == {"non_image_files": 1, "corrupt_images": 0}
     assert (tmp_path / "out" / "figures" / "samples_caltech256.png").stat().st_size > 1000
     table = (tmp_path / "out" / "tables" / "data_caltech256.md").read_text()
     assert "| a |" in table and "embedded sample data" in table
     assert json.loads((tmp_path / "out/data/caltech256/b/manifest.json").read_text())[
         "classes"] == CALTECH_NAMES[:10]
+
+
+# ---------------------------------------------------------------- quirks of the real data
+
+def test_voc_splits_use_iterative_stratification(voc):
+    records = voc[1][0]
+    positives = [tuple(c for c, t in enumerate(ts) if t == 1) for _, ts in records]
+    difficult = [tuple(c for c, t in enumerate(ts) if t == 0) for _, ts in records]
+
+    def worst_label(iterative):
+        order, splits, _ = nested_order(positives, 20, FRACTIONS, 0, difficult,
+                                        iterative=iterative)
+        counts = np.zeros((20, 3))
+        for i, split in enumerate(splits):
+            for c in positives[i]:
+                counts[c, ("train", "val", "test").index(split)] += 1
+        share = counts / counts.sum(1, keepdims=True)
+        return np.abs(share - FRACTIONS).max(), order, splits
+
+    plain, _, _ = worst_label(False)         # rarest-label strata only: 0.18 here
+    iterative, order, splits = worst_label(True)
+    assert iterative < 0.1 and iterative < plain
+    again = nested_order(positives, 20, FRACTIONS, 0, difficult, iterative=True)
+    assert again[0] == order and again[1] == splits                  # deterministic
+
+
+def test_voc_lists_are_cross_checked_against_annotations(tmp_path):
+    root = make_sample_voc2012(tmp_path, n_images=12, n_unlisted=0)
+    top = root / "VOCdevkit" / "VOC2012"
+    ids = (top / "ImageSets" / "Main" / "trainval.txt").read_text().split()
+    xml = top / "Annotations" / f"{ids[0]}.xml"
+    text = xml.read_text()
+    name = re.search(r"<name>(\w+)</name>", text).group(1)
+    other = "sheep" if name != "sheep" else "cow"
+    xml.write_text(text.replace(f"<name>{name}</name>", f"<name>{other}</name>"))
+    (top / "Annotations" / f"{ids[1]}.xml").unlink()
+    report = {}
+    records, _, skipped = read_voc2012(root, report=report)
+    assert len(records) == 12 and skipped == 0
+    assert report["label_mismatches"] == 1 and report["missing_annotations"] == 1
+
+
+def test_corrupt_images_are_skipped_and_counted(tmp_path):
+    root = make_sample_caltech256(tmp_path, n_classes=3, images_per_class=(6, 8), n_clutter=3)
+    victim = sorted((root / "256_ObjectCategories" / "002.american-flag").glob("*.jpg"))[0]
+    victim.write_bytes(victim.read_bytes()[:-300])                   # cut off mid-data
+    report = {}
+    records, _, skipped = read_caltech256(root, report=report)
+    assert skipped == 2 and report == {"non_image_files": 1, "corrupt_images": 1}
+    assert victim not in [path for path, _ in records]
+
+
+@pytest.mark.parametrize("mode,fmt", [("L", "JPEG"), ("CMYK", "JPEG"), ("P", "PNG"),
+                                      ("RGBA", "PNG"), ("I;16", "PNG")])
+def test_any_colour_mode_becomes_rgb(tmp_path, mode, fmt):
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 60, 3), np.uint8))
+    path = tmp_path / f"x.{fmt.lower()}"
+    image.convert("RGB" if mode == "I;16" else mode).save(path, fmt)
+    if mode == "I;16":
+        Image.fromarray(np.full((40, 60), 300, np.uint16)).save(path, fmt)
+    with Image.open(io.BytesIO(encode_image(path, 16, 85))) as out:
+        assert out.mode == "RGB" and out.size == (24, 16)
+
+
+# ---------------------------------------------------------------- bad input
+
+def test_unknown_version_lists_the_built_ones(built):
+    out, _ = built
+    with pytest.raises(ValueError, match=r"'10MB'.*voc2012.*\['s', 'm', 'l'\]"):
+        load_version(out, "voc2012", "10MB")
+
+
+def test_too_small_budget_fails_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match=r"voc2012: budget.*'tiny': 5000"):
+        prepare_dataset("voc2012", "sample", {"tiny": 5_000, "ok": 100_000},
+                        {"tiny": 16, "ok": 16}, 85, FRACTIONS, False, 0, tmp_path / "out",
+                        tmp_path / "cache", show=False)
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()

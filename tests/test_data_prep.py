@@ -16,8 +16,10 @@ from PIL import Image
 
 from speedup.data_prep import (
     CALTECH_NAMES, DATASETS, VOC_CLASSES, ArchiveError, DownloadError, build_size_versions,
-    download, encode_image, fetch_dataset, load_version, make_sample_caltech256, make_sample_voc2012, nested_order, prepare_dataset,
-    read_caltech256, read_voc2012, read_voc_annotation, safe_extract,
+    download, encode_image, fetch_dataset, load_text_version, load_version,
+    make_sample_bookcorpus, make_sample_caltech256, make_sample_voc2012,
+    make_sample_yahoo_answers, nested_order, prepare_dataset, read_caltech256, read_voc2012,
+    read_voc_annotation, read_yahoo_answers, safe_extract,
 )
 
 N_CLASSES = 6
@@ -519,3 +521,115 @@ def test_too_small_budget_fails_before_any_work(tmp_path):
                         {"tiny": 16, "ok": 16}, 85, FRACTIONS, False, 0, tmp_path / "out",
                         tmp_path / "cache", show=False)
     assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- text datasets
+
+TEXT_SIZES = {"s": 30_000, "m": 90_000, "l": 250_000}
+
+
+def test_yahoo_csv_quirks(tmp_path):
+    csv_file = tmp_path / "train.csv"
+    csv_file.write_text(
+        '"5","Why is my laptop slow?","It has ""Windows"", 2 GB","Add memory\\nor a SSD."\n'
+        '"1","Title only","",""\n'
+        '"10","","","Vote, then wait\\n\\nfor results"\n'
+        '"11","bad class","x","y"\n'
+        '"3","","",""\n', encoding="utf-8")
+    report = {}
+    texts, labels, classes = read_yahoo_answers(csv_file, report=report)
+    assert labels == [4, 0, 9] and classes[4] == "Computers & Internet"
+    assert texts[0] == 'Why is my laptop slow?\nIt has "Windows", 2 GB\nAdd memory\nor a SSD.'
+    assert texts[1] == "Title only" and texts[2] == "Vote, then wait\n\nfor results"
+    assert report == {"rows": 5, "dropped_rows": 2, "empty_title": 2, "empty_content": 3,
+                      "empty_answer": 2}
+
+
+def test_yahoo_parquet_and_csv_samples_agree(tmp_path):
+    csv_root = make_sample_yahoo_answers(tmp_path / "c", n_rows=200, fmt="csv")
+    pq_root = make_sample_yahoo_answers(tmp_path / "p", n_rows=200, fmt="parquet")
+    assert sorted(p.name for p in (pq_root / "yahoo_answers_topics").iterdir()) == \
+        ["test-00000-of-00001.parquet", "train-00000-of-00001.parquet"]
+    first = (csv_root / "yahoo_answers_csv" / "train.csv").read_text().splitlines()[0]
+    assert re.fullmatch(r'"(10|[1-9])",".*"', first)                 # 1-10, quoted
+    from_csv = read_yahoo_answers(csv_root / "yahoo_answers_csv")
+    from_pq = read_yahoo_answers(pq_root, cache_dir=tmp_path / "hf")
+    assert from_csv == from_pq and sorted(set(from_csv[1])) == list(range(10))
+    assert any("\n" in t for t in from_csv[0]) and not any("\\n" in t for t in from_csv[0])
+
+
+@pytest.fixture(scope="module")
+def yahoo_built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("text")
+    manifests = prepare_dataset("yahoo_answers", "sample", TEXT_SIZES, {}, 85, FRACTIONS,
+                                False, 0, out, out / "cache", show=False)
+    return out, manifests
+
+
+def test_yahoo_versions_fit_budget_cover_classes_and_nest(yahoo_built):
+    out, manifests = yahoo_built
+    ids = []
+    for version, m in manifests.items():
+        data = load_text_version(out, "yahoo_answers", version)
+        stored = sum(len(t.encode("utf-8")) for part in (data.train, data.val, data.test)
+                     for t in part.texts)
+        assert stored == m["bytes"] and 0.98 * m["budget_bytes"] <= stored <= m["budget_bytes"]
+        assert m["mb_definition"].startswith("1 MB = 10**6 bytes of UTF-8 text")
+        for split in ("train", "val", "test"):
+            assert min(m["counts"][split].values()) >= 1, (version, split)
+            assert len(getattr(data, split)) == m["n_items"][split]
+        assert m["tv_distance"] < 0.03 and abs(m["n_items"]["train"] / m["n_items"]["total"]
+                                               - 0.7) < 0.03
+        rows = {}
+        for split in ("train", "val", "test"):
+            for line in (out / "data/yahoo_answers" / version / f"{split}.jsonl").open():
+                rows[json.loads(line)["id"]] = split
+        ids.append(rows)
+    for smaller, larger in zip(ids, ids[1:]):
+        assert len(smaller) < len(larger)
+        assert all(larger.get(i) == split for i, split in smaller.items())
+
+
+def test_yahoo_versions_are_deterministic(yahoo_built, tmp_path):
+    out, _ = yahoo_built
+    prepare_dataset("yahoo_answers", "sample", {"s": TEXT_SIZES["s"]}, {}, 85, FRACTIONS,
+                    False, 0, tmp_path, out / "cache", show=False)
+    for name in ("manifest.json", "train.jsonl", "test.jsonl"):
+        assert (tmp_path / "data/yahoo_answers/s" / name).read_bytes() == \
+            (out / "data/yahoo_answers/s" / name).read_bytes()
+
+
+def test_text_budget_too_small_for_every_class(yahoo_built):
+    out, _ = yahoo_built
+    with pytest.raises(ValueError, match=r"yahoo_answers version 'x': budget 2,000 bytes"):
+        prepare_dataset("yahoo_answers", "sample", {"x": 2_000}, {}, 85, FRACTIONS, False, 0,
+                        out, out / "cache", show=False)
+
+
+def test_bookcorpus_versions_are_contiguous_nested_and_disjoint(tmp_path):
+    root = make_sample_bookcorpus(tmp_path / "src", n_lines=8000)
+    files = sorted((root / "bookcorpus").glob("*.txt"))
+    lines = [ln for f in files for ln in f.read_text().splitlines()]
+    assert all(ln == ln.lower() for ln in lines) and any(" , " in ln for ln in lines)
+    manifests = prepare_dataset("bookcorpus", str(root / "bookcorpus"),
+                                {"s": 20_000, "m": 60_000, "l": 200_000}, {}, 85, FRACTIONS,
+                                False, 0, tmp_path / "out", tmp_path / "cache", show=False)
+    spans = {}
+    for version, m in manifests.items():
+        data = load_text_version(tmp_path / "out", "bookcorpus", version)
+        assert data.train.labels is None and data.classes == []
+        folder = tmp_path / "out/data/bookcorpus" / version
+        stored = sum((folder / f"{s}.txt").stat().st_size for s in ("train", "val", "test"))
+        assert stored == m["bytes"] and 0.98 * m["budget_bytes"] <= stored <= m["budget_bytes"]
+        for split in ("train", "val", "test"):
+            run = m["runs"][split]
+            first, n = run["first_line"], run["n_lines"]
+            assert getattr(data, split).texts == lines[first:first + n]    # contiguous
+            spans.setdefault(split, []).append((first, first + n))
+    for split, runs in spans.items():                                    # nested
+        assert all(a[0] == b[0] and a[1] < b[1] for a, b in zip(runs, runs[1:]))
+    ends = [spans[s][-1] for s in ("train", "val", "test")]              # never meet
+    assert ends[0][1] <= ends[1][0] and ends[1][1] <= ends[2][0]
+    with pytest.raises(ValueError, match="too small"):
+        prepare_dataset("bookcorpus", str(root / "bookcorpus"), {"huge": 10**7}, {}, 85,
+                        FRACTIONS, False, 0, tmp_path / "out", tmp_path / "cache", show=False)

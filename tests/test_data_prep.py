@@ -633,3 +633,31 @@ def test_bookcorpus_versions_are_contiguous_nested_and_disjoint(tmp_path):
     with pytest.raises(ValueError, match="too small"):
         prepare_dataset("bookcorpus", str(root / "bookcorpus"), {"huge": 10**7}, {}, 85,
                         FRACTIONS, False, 0, tmp_path / "out", tmp_path / "cache", show=False)
+
+
+def test_mirror_with_other_bytes_falls_back_to_the_next(served_voc, tmp_path):
+    server, archive = served_voc
+    (archive.parent / "bad").mkdir()
+    (archive.parent / "bad" / "voc_sample.tar").write_text("<html>mirror is down</html>")
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    root = fetch_dataset("voc2012", [f"{server.url}/bad/voc_sample.tar",
+                                     f"{server.url}/voc_sample.tar"], tmp_path / "cache", md5=md5)
+    assert server.paths == ["/bad/voc_sample.tar"] * 2 + ["/voc_sample.tar"]
+    assert len(read_voc2012(root)[0]) == 30
+
+
+def test_cached_archive_is_not_downloaded_again(served_voc, tmp_path):
+    server, archive = served_voc
+    url = f"{server.url}/voc_sample.tar"
+    fetch_dataset("voc2012", url, tmp_path / "cache")
+    (tmp_path / "cache" / "voc2012" / ".source.json").unlink()   # extraction must be redone
+    root = fetch_dataset("voc2012", url, tmp_path / "cache")
+    assert server.paths == ["/voc_sample.tar"] and len(read_voc2012(root)[0]) == 30
+
+
+def test_text_version_is_not_an_image_version(yahoo_built):
+    out, _ = yahoo_built
+    with pytest.raises(ValueError, match="load_text_version"):
+        load_version(out, "yahoo_answers", "s")
+    with pytest.raises(ValueError, match=r"'xl'.*\['s', 'm', 'l'\]"):
+        load_text_version(out, "yahoo_answers", "xl")

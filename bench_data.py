@@ -164,7 +164,7 @@ def render(r):
         f"| wall time, read + all 3 versions | {r['total_s']:.1f} s (read {r['read_s']:.1f} s) |",
         f"| source images per second per core (images / wall time / cores) "
         f"| **{r['images_per_s_per_core']:.0f}** |",
-        f"| JPEG re-encodes per second per core (all 3 short sides) "
+        f"| JPEG re-encodes per second per core (all 3 short sides; count approximate) "
         f"| {r['encodes_per_s_per_core']:.0f} |",
     ]
     for side, rate in r["one_core_encodes_per_s"].items():

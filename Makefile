@@ -5,8 +5,9 @@ TASK    ?= cv
 PROFILE ?= demo
 OUT     ?= _output
 WORKERS ?=
+IMAGES  ?=
 
-.PHONY: report batch merge slides test clean
+.PHONY: report batch merge slides test bench-data clean
 .DEFAULT_GOAL := report
 
 .venv/.installed: requirements.txt
@@ -35,6 +36,10 @@ slides: .venv/.installed
 
 test: .venv/.installed
 	$(PY) -m pytest -n 2 --dist loadfile --durations=10 tests
+
+# the data stage on a Caltech-256-sized synthetic archive; IMAGES=3000 for a quick run
+bench-data: .venv/.installed
+	$(PY) bench_data.py $(if $(IMAGES),--images $(IMAGES))
 
 clean:
 	rm -rf $(OUT) _cache

@@ -15,9 +15,11 @@ import torch
 from PIL import Image
 
 from speedup.data_prep import (
-    CALTECH_NAMES, DATASETS, VOC_CLASSES, build_size_versions, encode_image, fetch_dataset,
-    load_version, make_sample_caltech256, make_sample_voc2012, nested_order, prepare_dataset,
-    read_caltech256, read_voc2012, read_voc_annotation, safe_extract,
+    CALTECH_NAMES, DATASETS, VOC_CLASSES, ArchiveError, DownloadError, build_size_versions,
+    download, encode_image, fetch_dataset, load_text_version, load_version,
+    make_sample_bookcorpus, make_sample_caltech256, make_sample_voc2012,
+    make_sample_yahoo_answers, nested_order, prepare_dataset, read_caltech256, read_voc2012,
+    read_voc_annotation, read_yahoo_answers, safe_extract,
 )
 
 N_CLASSES = 6
@@ -219,34 +221,67 @@ def test_unknown_dataset(tmp_path):
 
 
 class _Server:
-    """A loopback HTTP server for a folder that records the paths requested."""
+    """A loopback HTTP server for a folder, with Range support and scripted failures.
 
-    def __init__(self, folder):
-        self.requests = []
+    `requests` records (path, Range header) of every request. A path in `drop_once` gets,
+    the first time, the headers of the whole file but only half its bytes, then the
+    connection closes (as when a transfer breaks). `no_range` ignores Range headers.
+    """
+
+    def __init__(self, folder, drop_once=(), no_range=False):
+        self.requests, self.drop_once = [], set(drop_once)
         server = self
 
-        class Handler(http.server.SimpleHTTPRequestHandler):
+        class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
-                server.requests.append(self.path)
-                super().do_GET()
+                server.requests.append((self.path, self.headers.get("Range")))
+                path = Path(folder) / self.path.lstrip("/")
+                if not path.is_file():
+                    self.send_error(404)
+                    return
+                data = path.read_bytes()
+                match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
+                start = int(match.group(1)) if match and not no_range else 0
+                if start >= len(data) > 0:
+                    self.send_error(416)
+                    return
+                self.send_response(206 if start else 200)
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.send_header("Content-Length", str(len(data) - start))
+                self.end_headers()
+                if self.path in server.drop_once:
+                    server.drop_once.discard(self.path)
+                    self.wfile.write(data[start:start + (len(data) - start) // 2])
+                    self.close_connection = True
+                    return
+                self.wfile.write(data[start:])
 
             def log_message(self, *args):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(
-            ("127.0.0.1", 0), partial(Handler, directory=str(folder)))
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    @property
+    def paths(self):
+        return [path for path, _ in self.requests]
+
+
+def _sample_voc_tar(tmp_path, name="voc_sample.tar"):
+    root = make_sample_voc2012(tmp_path / "src", n_images=30, n_unlisted=0)
+    (tmp_path / "www").mkdir(exist_ok=True)
+    archive = tmp_path / "www" / name
+    with tarfile.open(archive, "w") as tar:
+        tar.add(root / "VOCdevkit", arcname="VOCdevkit")
+    return archive
 
 
 @pytest.fixture()
 def served_voc(tmp_path, monkeypatch):
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    root = make_sample_voc2012(tmp_path / "src", n_images=30, n_unlisted=0)
-    (tmp_path / "www").mkdir()
-    archive = tmp_path / "www" / "voc_sample.tar"
-    with tarfile.open(archive, "w") as tar:
-        tar.add(root / "VOCdevkit", arcname="VOCdevkit")
+    archive = _sample_voc_tar(tmp_path)
     server = _Server(tmp_path / "www")
     yield server, archive
     server.httpd.shutdown()
@@ -257,20 +292,81 @@ def test_fetch_from_url_with_md5_mirrors_and_cache(served_voc, tmp_path):
     md5 = hashlib.md5(archive.read_bytes()).hexdigest()
     mirrors = [f"{server.url}/missing/voc_sample.tar", f"{server.url}/voc_sample.tar"]
     root = fetch_dataset("voc2012", mirrors, tmp_path / "cache", md5=md5)
-    assert server.requests == ["/missing/voc_sample.tar", "/voc_sample.tar"]  # 404, then ok
+    assert server.paths == ["/missing/voc_sample.tar", "/voc_sample.tar"]  # 404, then ok
     records, _, _ = read_voc2012(root)
     assert len(records) == 30
     again = fetch_dataset("voc2012", mirrors, tmp_path / "cache", md5=md5)
     assert again == root and len(server.requests) == 2               # cache hit: no request
-    with pytest.raises(RuntimeError, match="md5"):
-        fetch_dataset("voc2012", mirrors[1:], tmp_path / "cache2", md5="0" * 32)
+
+def test_wrong_checksum_is_downloaded_again_once_then_named(served_voc, tmp_path):
+    server, archive = served_voc
+    actual = hashlib.md5(archive.read_bytes()).hexdigest()
+    url = f"{server.url}/voc_sample.tar"
+    expected = "0" * 32
+    with pytest.raises(DownloadError, match=rf"{re.escape(url)}: checksum mismatch: "
+                                            rf"expected md5 {expected}, got md5 {actual}"):
+        fetch_dataset("voc2012", url, tmp_path / "cache", md5=expected)
+    assert server.paths == ["/voc_sample.tar"] * 2           # deleted, downloaded once more
+    assert not list((tmp_path / "cache" / "downloads").iterdir())   # nothing bad kept
+
+
+def test_interrupted_download_resumes_with_range(tmp_path, monkeypatch):
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    archive = _sample_voc_tar(tmp_path)
+    server = _Server(tmp_path / "www", drop_once={"/voc_sample.tar"})
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    try:
+        root = fetch_dataset("voc2012", f"{server.url}/voc_sample.tar", tmp_path / "cache",
+                             md5=md5)
+    finally:
+        server.httpd.shutdown()
+    half = archive.stat().st_size // 2
+    assert server.requests == [("/voc_sample.tar", None), ("/voc_sample.tar", f"bytes={half}-")]
+    assert len(read_voc2012(root)[0]) == 30
+    cached = tmp_path / "cache" / "downloads" / "voc_sample.tar"
+    assert cached.read_bytes() == archive.read_bytes()
+    assert not cached.with_name("voc_sample.tar.part").exists()
+
+
+def test_part_file_left_by_a_killed_run_is_resumed(served_voc, tmp_path):
+    server, archive = served_voc
+    data = archive.read_bytes()
+    part = tmp_path / "dl" / "voc_sample.tar.part"
+    part.parent.mkdir()
+    part.write_bytes(data[:1000])
+    digest = download([f"{server.url}/voc_sample.tar"], part.with_suffix(""),
+                      hashlib.md5(data).hexdigest())
+    assert digest == hashlib.md5(data).hexdigest()
+    assert server.requests == [("/voc_sample.tar", "bytes=1000-")]
+    assert (tmp_path / "dl" / "voc_sample.tar").read_bytes() == data
+
+
+def test_server_without_range_support_restarts(tmp_path, monkeypatch):
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    archive = _sample_voc_tar(tmp_path)
+    server = _Server(tmp_path / "www", no_range=True)
+    part = tmp_path / "dl" / "voc_sample.tar.part"
+    part.parent.mkdir()
+    part.write_bytes(b"x" * 500)          # bytes the server will not continue from
+    try:
+        download([f"{server.url}/voc_sample.tar"], part.with_suffix(""))
+    finally:
+        server.httpd.shutdown()
+    assert (tmp_path / "dl" / "voc_sample.tar").read_bytes() == archive.read_bytes()
+
+
+def test_all_mirrors_failing_names_each(served_voc, tmp_path):
+    server, _ = served_voc
+    mirrors = [f"{server.url}/a.tar", "http://127.0.0.1:9/b.tar"]   # 404; nothing listens
+    with pytest.raises(DownloadError, match=r"(?s)a\.tar.*404.*b\.tar"):
+        download(mirrors, tmp_path / "x.tar", attempts=2, backoff=0)
 
 
 def test_registry_md5_applies_to_the_official_archive_name(served_voc, tmp_path):
     server, archive = served_voc
     archive.rename(archive.with_name(DATASETS["voc2012"]["archive"]))  # not the real bytes
     url = f"{server.url}/{DATASETS['voc2012']['archive']}"
-    with pytest.raises(RuntimeError, match=DATASETS["voc2012"]["md5"]):
+    with pytest.raises(DownloadError, match=DATASETS["voc2012"]["md5"]):
         fetch_dataset("voc2012", url, tmp_path / "cache")
     assert not (tmp_path / "cache" / "voc2012").exists()
 
@@ -286,9 +382,45 @@ def test_tar_member_outside_target_is_refused(tmp_path):
         fetch_dataset("voc2012", str(archive), tmp_path / "cache")
     assert not (tmp_path / "escaped.txt").exists()
     assert not (tmp_path / "cache" / "escaped.txt").exists()
-    with pytest.raises(ValueError):
+    with pytest.raises(ArchiveError):
         safe_extract(archive, tmp_path / "direct")
     assert not (tmp_path / "direct").exists() and not (tmp_path / "direct.partial").exists()
+
+
+@pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.CHRTYPE,
+                                  tarfile.FIFOTYPE])
+def test_links_and_device_files_are_refused(tmp_path, kind):
+    archive = tmp_path / "links.tar"
+    with tarfile.open(archive, "w") as tar:
+        ok = tarfile.TarInfo("VOCdevkit/VOC2012/ok.txt")
+        ok.size = 2
+        tar.addfile(ok, io.BytesIO(b"hi"))
+        member = tarfile.TarInfo("VOCdevkit/VOC2012/trap")
+        member.type = kind
+        member.linkname = "VOCdevkit/VOC2012/ok.txt" if kind == tarfile.LNKTYPE else "ok.txt"
+        tar.addfile(member)
+    with pytest.raises(ArchiveError, match="trap"):
+        safe_extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+@pytest.mark.parametrize("cut", ["mid-file", "at-member"])
+def test_truncated_archive_is_a_clear_error(served_voc, tmp_path, cut):
+    server, archive = served_voc
+    data = archive.read_bytes()
+    with tarfile.open(archive) as tar:
+        members = tar.getmembers()
+    if cut == "mid-file":
+        big = max(members, key=lambda m: m.size)
+        end = big.offset_data + big.size // 2
+    else:    # exactly where a member's header starts: tarfile alone would not notice
+        end = members[len(members) // 2].offset
+    (archive.parent / "cut.tar").write_bytes(data[:end])
+    url = f"{server.url}/cut.tar"
+    with pytest.raises(ArchiveError, match="truncated"):
+        fetch_dataset("voc2012", url, tmp_path / "cache")
+    assert not (tmp_path / "cache" / "voc2012").exists()
+    assert not (tmp_path / "cache" / "downloads" / "cut.tar").exists()   # re-fetched next time
 
 
 def test_fetch_local_folder(caltech):
@@ -305,8 +437,227 @@ def test_prepare_dataset_writes_versions_figure_and_table(tmp_path):
         "caltech256", "sample", {"a": 30_000, "b": 60_000}, {"a": 24, "b": 24}, 85, FRACTIONS,
         False, 0, tmp_path / "out", tmp_path / "cache", show=False)
     assert list(manifests) == ["a", "b"] and manifests["a"]["source_checksum"] == "sample-v1"
+    assert manifests["a"]["source_report"] == {"non_image_files": 1, "corrupt_images": 0}
     assert (tmp_path / "out" / "figures" / "samples_caltech256.png").stat().st_size > 1000
     table = (tmp_path / "out" / "tables" / "data_caltech256.md").read_text()
     assert "| a |" in table and "embedded sample data" in table
     assert json.loads((tmp_path / "out/data/caltech256/b/manifest.json").read_text())[
         "classes"] == CALTECH_NAMES[:10]
+
+
+# ---------------------------------------------------------------- quirks of the real data
+
+def test_voc_splits_use_iterative_stratification(voc):
+    records = voc[1][0]
+    positives = [tuple(c for c, t in enumerate(ts) if t == 1) for _, ts in records]
+    difficult = [tuple(c for c, t in enumerate(ts) if t == 0) for _, ts in records]
+
+    def worst_label(iterative):
+        order, splits, _ = nested_order(positives, 20, FRACTIONS, 0, difficult,
+                                        iterative=iterative)
+        counts = np.zeros((20, 3))
+        for i, split in enumerate(splits):
+            for c in positives[i]:
+                counts[c, ("train", "val", "test").index(split)] += 1
+        share = counts / counts.sum(1, keepdims=True)
+        return np.abs(share - FRACTIONS).max(), order, splits
+
+    plain, _, _ = worst_label(False)         # rarest-label strata only: 0.18 here
+    iterative, order, splits = worst_label(True)
+    assert iterative < 0.1 and iterative < plain
+    again = nested_order(positives, 20, FRACTIONS, 0, difficult, iterative=True)
+    assert again[0] == order and again[1] == splits                  # deterministic
+
+
+def test_voc_lists_are_cross_checked_against_annotations(tmp_path):
+    root = make_sample_voc2012(tmp_path, n_images=12, n_unlisted=0)
+    top = root / "VOCdevkit" / "VOC2012"
+    ids = (top / "ImageSets" / "Main" / "trainval.txt").read_text().split()
+    xml = top / "Annotations" / f"{ids[0]}.xml"
+    text = xml.read_text()
+    name = re.search(r"<name>(\w+)</name>", text).group(1)
+    other = "sheep" if name != "sheep" else "cow"
+    xml.write_text(text.replace(f"<name>{name}</name>", f"<name>{other}</name>"))
+    (top / "Annotations" / f"{ids[1]}.xml").unlink()
+    report = {}
+    records, _, skipped = read_voc2012(root, report=report)
+    assert len(records) == 12 and skipped == 0
+    assert report["label_mismatches"] == 1 and report["missing_annotations"] == 1
+
+
+def test_corrupt_images_are_skipped_and_counted(tmp_path):
+    root = make_sample_caltech256(tmp_path, n_classes=3, images_per_class=(6, 8), n_clutter=3)
+    victim = sorted((root / "256_ObjectCategories" / "002.american-flag").glob("*.jpg"))[0]
+    victim.write_bytes(victim.read_bytes()[:-300])                   # cut off mid-data
+    report = {}
+    records, _, skipped = read_caltech256(root, report=report)
+    assert skipped == 2 and report == {"non_image_files": 1, "corrupt_images": 1}
+    assert victim not in [path for path, _ in records]
+
+
+@pytest.mark.parametrize("mode,fmt", [("L", "JPEG"), ("CMYK", "JPEG"), ("P", "PNG"),
+                                      ("RGBA", "PNG"), ("I;16", "PNG")])
+def test_any_colour_mode_becomes_rgb(tmp_path, mode, fmt):
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 60, 3), np.uint8))
+    path = tmp_path / f"x.{fmt.lower()}"
+    image.convert("RGB" if mode == "I;16" else mode).save(path, fmt)
+    if mode == "I;16":
+        Image.fromarray(np.full((40, 60), 300, np.uint16)).save(path, fmt)
+    with Image.open(io.BytesIO(encode_image(path, 16, 85))) as out:
+        assert out.mode == "RGB" and out.size == (24, 16)
+
+
+# ---------------------------------------------------------------- bad input
+
+def test_unknown_version_lists_the_built_ones(built):
+    out, _ = built
+    with pytest.raises(ValueError, match=r"'10MB'.*voc2012.*\['s', 'm', 'l'\]"):
+        load_version(out, "voc2012", "10MB")
+
+
+def test_too_small_budget_fails_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match=r"voc2012: budget.*'tiny': 5000"):
+        prepare_dataset("voc2012", "sample", {"tiny": 5_000, "ok": 100_000},
+                        {"tiny": 16, "ok": 16}, 85, FRACTIONS, False, 0, tmp_path / "out",
+                        tmp_path / "cache", show=False)
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- text datasets
+
+TEXT_SIZES = {"s": 30_000, "m": 90_000, "l": 250_000}
+
+
+def test_yahoo_csv_quirks(tmp_path):
+    csv_file = tmp_path / "train.csv"
+    csv_file.write_text(
+        '"5","Why is my laptop slow?","It has ""Windows"", 2 GB","Add memory\\nor a SSD."\n'
+        '"1","Title only","",""\n'
+        '"10","","","Vote, then wait\\n\\nfor results"\n'
+        '"11","bad class","x","y"\n'
+        '"3","","",""\n', encoding="utf-8")
+    report = {}
+    texts, labels, classes = read_yahoo_answers(csv_file, report=report)
+    assert labels == [4, 0, 9] and classes[4] == "Computers & Internet"
+    assert texts[0] == 'Why is my laptop slow?\nIt has "Windows", 2 GB\nAdd memory\nor a SSD.'
+    assert texts[1] == "Title only" and texts[2] == "Vote, then wait\n\nfor results"
+    assert report == {"rows": 5, "dropped_rows": 2, "empty_title": 2, "empty_content": 3,
+                      "empty_answer": 2}
+
+
+def test_yahoo_parquet_and_csv_samples_agree(tmp_path):
+    csv_root = make_sample_yahoo_answers(tmp_path / "c", n_rows=200, fmt="csv")
+    pq_root = make_sample_yahoo_answers(tmp_path / "p", n_rows=200, fmt="parquet")
+    assert sorted(p.name for p in (pq_root / "yahoo_answers_topics").iterdir()) == \
+        ["test-00000-of-00001.parquet", "train-00000-of-00001.parquet"]
+    first = (csv_root / "yahoo_answers_csv" / "train.csv").read_text().splitlines()[0]
+    assert re.fullmatch(r'"(10|[1-9])",".*"', first)                 # 1-10, quoted
+    from_csv = read_yahoo_answers(csv_root / "yahoo_answers_csv")
+    from_pq = read_yahoo_answers(pq_root, cache_dir=tmp_path / "hf")
+    assert from_csv == from_pq and sorted(set(from_csv[1])) == list(range(10))
+    assert any("\n" in t for t in from_csv[0]) and not any("\\n" in t for t in from_csv[0])
+
+
+@pytest.fixture(scope="module")
+def yahoo_built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("text")
+    manifests = prepare_dataset("yahoo_answers", "sample", TEXT_SIZES, {}, 85, FRACTIONS,
+                                False, 0, out, out / "cache", show=False)
+    return out, manifests
+
+
+def test_yahoo_versions_fit_budget_cover_classes_and_nest(yahoo_built):
+    out, manifests = yahoo_built
+    ids = []
+    for version, m in manifests.items():
+        data = load_text_version(out, "yahoo_answers", version)
+        stored = sum(len(t.encode("utf-8")) for part in (data.train, data.val, data.test)
+                     for t in part.texts)
+        assert stored == m["bytes"] and 0.98 * m["budget_bytes"] <= stored <= m["budget_bytes"]
+        assert m["mb_definition"].startswith("1 MB = 10**6 bytes of UTF-8 text")
+        for split in ("train", "val", "test"):
+            assert min(m["counts"][split].values()) >= 1, (version, split)
+            assert len(getattr(data, split)) == m["n_items"][split]
+        assert m["tv_distance"] < 0.03 and abs(m["n_items"]["train"] / m["n_items"]["total"]
+                                               - 0.7) < 0.03
+        rows = {}
+        for split in ("train", "val", "test"):
+            for line in (out / "data/yahoo_answers" / version / f"{split}.jsonl").open():
+                rows[json.loads(line)["id"]] = split
+        ids.append(rows)
+    for smaller, larger in zip(ids, ids[1:]):
+        assert len(smaller) < len(larger)
+        assert all(larger.get(i) == split for i, split in smaller.items())
+
+
+def test_yahoo_versions_are_deterministic(yahoo_built, tmp_path):
+    out, _ = yahoo_built
+    prepare_dataset("yahoo_answers", "sample", {"s": TEXT_SIZES["s"]}, {}, 85, FRACTIONS,
+                    False, 0, tmp_path, out / "cache", show=False)
+    for name in ("manifest.json", "train.jsonl", "test.jsonl"):
+        assert (tmp_path / "data/yahoo_answers/s" / name).read_bytes() == \
+            (out / "data/yahoo_answers/s" / name).read_bytes()
+
+
+def test_text_budget_too_small_for_every_class(yahoo_built):
+    out, _ = yahoo_built
+    with pytest.raises(ValueError, match=r"yahoo_answers version 'x': budget 2,000 bytes"):
+        prepare_dataset("yahoo_answers", "sample", {"x": 2_000}, {}, 85, FRACTIONS, False, 0,
+                        out, out / "cache", show=False)
+
+
+def test_bookcorpus_versions_are_contiguous_nested_and_disjoint(tmp_path):
+    root = make_sample_bookcorpus(tmp_path / "src", n_lines=8000)
+    files = sorted((root / "bookcorpus").glob("*.txt"))
+    lines = [ln for f in files for ln in f.read_text().splitlines()]
+    assert all(ln == ln.lower() for ln in lines) and any(" , " in ln for ln in lines)
+    manifests = prepare_dataset("bookcorpus", str(root / "bookcorpus"),
+                                {"s": 20_000, "m": 60_000, "l": 200_000}, {}, 85, FRACTIONS,
+                                False, 0, tmp_path / "out", tmp_path / "cache", show=False)
+    spans = {}
+    for version, m in manifests.items():
+        data = load_text_version(tmp_path / "out", "bookcorpus", version)
+        assert data.train.labels is None and data.classes == []
+        folder = tmp_path / "out/data/bookcorpus" / version
+        stored = sum((folder / f"{s}.txt").stat().st_size for s in ("train", "val", "test"))
+        assert stored == m["bytes"] and 0.98 * m["budget_bytes"] <= stored <= m["budget_bytes"]
+        for split in ("train", "val", "test"):
+            run = m["runs"][split]
+            first, n = run["first_line"], run["n_lines"]
+            assert getattr(data, split).texts == lines[first:first + n]    # contiguous
+            spans.setdefault(split, []).append((first, first + n))
+    for split, runs in spans.items():                                    # nested
+        assert all(a[0] == b[0] and a[1] < b[1] for a, b in zip(runs, runs[1:]))
+    ends = [spans[s][-1] for s in ("train", "val", "test")]              # never meet
+    assert ends[0][1] <= ends[1][0] and ends[1][1] <= ends[2][0]
+    with pytest.raises(ValueError, match="too small"):
+        prepare_dataset("bookcorpus", str(root / "bookcorpus"), {"huge": 10**7}, {}, 85,
+                        FRACTIONS, False, 0, tmp_path / "out", tmp_path / "cache", show=False)
+
+
+def test_mirror_with_other_bytes_falls_back_to_the_next(served_voc, tmp_path):
+    server, archive = served_voc
+    (archive.parent / "bad").mkdir()
+    (archive.parent / "bad" / "voc_sample.tar").write_text("<html>mirror is down</html>")
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    root = fetch_dataset("voc2012", [f"{server.url}/bad/voc_sample.tar",
+                                     f"{server.url}/voc_sample.tar"], tmp_path / "cache", md5=md5)
+    assert server.paths == ["/bad/voc_sample.tar"] * 2 + ["/voc_sample.tar"]
+    assert len(read_voc2012(root)[0]) == 30
+
+
+def test_cached_archive_is_not_downloaded_again(served_voc, tmp_path):
+    server, archive = served_voc
+    url = f"{server.url}/voc_sample.tar"
+    fetch_dataset("voc2012", url, tmp_path / "cache")
+    (tmp_path / "cache" / "voc2012" / ".source.json").unlink()   # extraction must be redone
+    root = fetch_dataset("voc2012", url, tmp_path / "cache")
+    assert server.paths == ["/voc_sample.tar"] and len(read_voc2012(root)[0]) == 30
+
+
+def test_text_version_is_not_an_image_version(yahoo_built):
+    out, _ = yahoo_built
+    with pytest.raises(ValueError, match="load_text_version"):
+        load_version(out, "yahoo_answers", "s")
+    with pytest.raises(ValueError, match=r"'xl'.*\['s', 'm', 'l'\]"):
+        load_text_version(out, "yahoo_answers", "xl")

@@ -137,22 +137,23 @@ def expand_plan(profile: dict, output_dir: str, cache_dir: str) -> dict:
         if varied and varied not in old["varied"]:
             old["varied"].append(varied)  # the default point belongs to every grid line
 
+    def run_params(arch_name, ds):
+        """Profile-wide settings, then the dataset's, then the architecture's."""
+        return {**m.get("params", {}), **m.get("per_dataset", {}).get(ds, {}),
+                **m.get("per_arch", {}).get(arch_name, {})}
+
     for arch_name, ds, seed, cur in itertools.product(m["archs"], dp["datasets"],
                                                       m.get("seeds", [0]), m["curricula"]):
         for version in sizes[ds]:
-            params = {**m.get("params", {}), **m.get("per_dataset", {}).get(ds, {}),
-                      **m.get("per_arch", {}).get(arch_name, {}),
-                      "arch": arch_name, "dataset": ds, "version": version,
-                      "curriculum": cur, "seed": seed}
+            params = {**run_params(arch_name, ds), "arch": arch_name, "dataset": ds,
+                      "version": version, "curriculum": cur, "seed": seed}
             add_run(params, f"method ({arch_name}, {ds}, {version}, {cur})", main=True)
     tuning = m.get("tuning")
     if tuning:
         check_keys(tuning, TUNING_KEYS, f"{src}: method.tuning")
         for arch_name, (hp, values) in itertools.product(m["archs"], tuning["grid"].items()):
             for value, seed in itertools.product(values, m.get("seeds", [0])):
-                params = {**m.get("params", {}),
-                          **m.get("per_dataset", {}).get(tuning["dataset"], {}),
-                          **m.get("per_arch", {}).get(arch_name, {}),
+                params = {**run_params(arch_name, tuning["dataset"]),
                           "arch": arch_name, "dataset": tuning["dataset"],
                           "version": tuning["version"], "curriculum": tuning["curriculum"],
                           "seed": seed, hp: value}

@@ -3,7 +3,8 @@
 PY      := .venv/bin/python
 TASK    ?= cv
 PROFILE ?= demo
-OUT     ?= _output
+# the image pair writes to _output, the text pair to _output_nlp
+OUT     ?= $(if $(filter cv,$(TASK)),_output,_output_$(TASK))
 WORKERS ?=
 IMAGES  ?=
 

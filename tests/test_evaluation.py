@@ -16,7 +16,8 @@ def _row(curriculum, values, spe, name, **kw):
     return {"arch": "resnet18", "dataset": "caltech256", "version": "1MB", "seed": 0,
             "curriculum": curriculum, "history": _hist(values, spe), "run_name": name,
             "best_val": max(values), "test": values[-1], "train_time_s": len(values) * spe,
-            "width": 16, "data_source": "sample", **kw}
+            "width": 16, "data_source": "sample", "task": "cv", "metric": "accuracy",
+            "higher_is_better": True, **kw}
 
 
 def test_time_to_target_is_the_first_epoch_at_or_above_target():
@@ -38,6 +39,26 @@ def test_speedup_uses_the_baselines_best_score_as_target():
     assert table.loc["progressive", "method_s"] == 15.0
     assert table.loc["progressive", "speedup"] == pytest.approx(2.0)
     assert np.isnan(table.loc["difficulty", "speedup"])
+
+
+def test_perplexity_targets_and_times_count_down():
+    """Lower is better: the target is the baseline's best / 0.95, reached at or below it."""
+    h = _hist([300.0, 90.0, 60.0, 55.0], 2.0)
+    assert time_to_target(h, 62.0, higher_is_better=False) == (3, 6.0)
+    assert time_to_target(h, 50.0, higher_is_better=False) == (None, None)
+    ppl = dict(task="nlp", metric="perplexity", higher_is_better=False, arch="gpt1",
+               dataset="bookcorpus", version="100KB", preset="micro")
+    df = pd.DataFrame([
+        _row("none", [300.0, 90.0, 60.0, 57.0], 10.0, "b", **ppl),
+        _row("progressive", [280.0, 70.0, 59.0, 58.0], 8.0, "p", **ppl),
+    ]).assign(best_val=[57.0, 58.0])
+    df = add_targets(df, 0.95)
+    assert df.target.iloc[0] == pytest.approx(57.0 / 0.95)  # 60.0
+    table = speedups(df, {"b", "p"}).set_index("curriculum")
+    assert table.loc["progressive", "baseline_s"] == 30.0   # 60.0 <= 60.0 at epoch 3
+    assert table.loc["progressive", "method_s"] == 24.0     # 59.0 at epoch 3
+    assert table.loc["progressive", "speedup"] == pytest.approx(1.25)
+    assert "micro preset" in study_label(df) and "width" not in study_label(df)
 
 
 def test_geometric_mean_skips_unreached_cases():

@@ -61,3 +61,161 @@ def test_split_to_length_keeps_every_token():
         assert rows.shape == (2 * 128 // length, length)
         assert torch.equal(rows.flatten(), ids.flatten())
     assert split_to_length(ids, 48).shape == (4, 48)  # 2 x 2 rows; 32 tokens per row unused
+
+
+# ---------------------------------------------------------------- training the text pair
+
+import math  # noqa: E402
+
+from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score  # noqa: E402
+
+from speedup.architectures import build_text_model  # noqa: E402
+from speedup.method import (Curriculum, evaluate_text, fit_text, lm_metrics,  # noqa: E402
+                            mask_tokens, pad_rows, prepare_text_task, rarity_scores,
+                            run_training, text_forward, token_stats)
+
+
+@pytest.fixture(scope="module")
+def books(tmp_path_factory):
+    out = tmp_path_factory.mktemp("books")
+    data_prep.prepare_text_dataset("bookcorpus", "sample", {"60KB": 60_000},
+                                   [0.7, 0.15, 0.15], 0, str(out / "out"), str(out / "cache"))
+    return str(out / "out")
+
+
+def _task(root, dataset, arch, length=32):
+    return prepare_text_task(root, dataset, "60KB", arch, length, 300, False, 0.15)
+
+
+def test_masking_follows_bert_80_10_10_and_spares_special_tokens(books):
+    task = _task(books, "bookcorpus", "bert")
+    rows = torch.randint(5, task.vocab_size, (400, 64))
+    rows[:, 0] = 2  # [CLS], a special token: never masked
+    inputs, labels = mask_tokens(task, rows, torch.Generator().manual_seed(0))
+    picked = labels != -100
+    assert not picked[:, 0].any()
+    assert torch.equal(labels[picked], rows[picked])
+    rate = picked[:, 1:].float().mean().item()
+    assert abs(rate - 0.15) < 0.01
+    mask_id = task.masker.tokenizer.mask_token_id
+    as_mask = (inputs[picked] == mask_id).float().mean().item()
+    kept = (inputs[picked] == rows[picked]).float().mean().item()
+    assert abs(as_mask - 0.8) < 0.02
+    assert abs(kept - 0.1) < 0.02  # (a random replacement may draw the same token: rare)
+    assert abs(1 - as_mask - kept - 0.1) < 0.02
+    assert torch.equal(inputs[~picked], rows[~picked])
+    # validation and test are masked once, the same way every time
+    again = _task(books, "bookcorpus", "bert")
+    assert torch.equal(task.ids["val"][0], again.ids["val"][0])
+    assert (task.ids["val"][1] != -100).any()
+
+
+def test_perplexity_matches_a_hand_computation():
+    probs = torch.tensor([[[0.5, 0.25, 0.25], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]]])
+    targets = torch.tensor([[0, 1, -100]])  # the last position is not scored
+    metrics = lm_metrics(*token_stats(torch.log(probs), targets))
+    by_hand = math.exp(-(math.log(0.5) + math.log(0.8)) / 2)
+    assert metrics["perplexity"] == pytest.approx(by_hand)
+    assert metrics["loss"] == pytest.approx(math.log(by_hand))
+    assert metrics["token_accuracy"] == 1.0 and metrics["tokens"] == 2
+
+
+def test_text_classification_metrics_match_scikit_learn(yahoo):
+    torch.manual_seed(0)
+    task = _task(yahoo, "yahoo_answers", "gpt1")
+    net = build_text_model("gpt1", "classify", "micro", task.vocab_size, 10, task.pad_id)
+    metrics = evaluate_text(net, task, "val", torch.device("cpu"))
+    rows, attention = pad_rows(task.ids["val"], task.full_length, task.pad_id)
+    with torch.no_grad():
+        pred = text_forward(net.eval(), task, rows, attention, None)[0].argmax(-1).numpy()
+    y = task.labels["val"].numpy()
+    assert metrics["accuracy"] == pytest.approx(accuracy_score(y, pred))
+    for name, fn in (("precision", precision_score), ("recall", recall_score),
+                     ("f1", f1_score)):
+        assert metrics[name] == pytest.approx(fn(y, pred, average="macro", zero_division=0))
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt1"])
+def test_padding_does_not_change_a_classifiers_output(yahoo, arch):
+    """BERT reads [CLS] under an attention mask; GPT-1 reads the last real token."""
+    torch.manual_seed(0)
+    task = _task(yahoo, "yahoo_answers", arch)
+    net = build_text_model(arch, "classify", "micro", task.vocab_size, 10, task.pad_id).eval()
+    short = task.ids["val"][0][:10]
+    rows, attention = pad_rows([short, task.ids["val"][1]], 32, task.pad_id)
+    assert (attention[0] == 0).any()
+    with torch.no_grad():
+        alone = text_forward(net, task, *pad_rows([short], 32, task.pad_id), None)[0][0]
+        padded = text_forward(net, task, rows, attention, None)[0][0]
+    assert torch.allclose(alone, padded, atol=1e-5)
+
+
+def test_word_rarity_ranks_rare_words_as_harder(books):
+    task = _task(books, "bookcorpus", "gpt1")
+    scores = rarity_scores(task)
+    assert len(scores) == len(task) and np.all(scores > 0)
+    common = torch.bincount(task.ids["train"].flatten()).argmax()
+    task.ids["train"][0] = common      # the commonest token only: easiest
+    task.ids["train"][1] = 7           # one token, repeated: much rarer
+    scores = rarity_scores(task)
+    assert scores.argmin() == 0 and scores[1] > np.median(scores)
+
+
+@pytest.mark.parametrize("dataset,arch", [("yahoo_answers", "bert"), ("bookcorpus", "gpt1"),
+                                          ("bookcorpus", "bert")])
+def test_fit_text_learns_and_warms_up_the_sequence_length(yahoo, books, dataset, arch):
+    torch.set_num_threads(1)
+    root = yahoo if dataset == "yahoo_answers" else books
+    task = _task(root, dataset, arch)
+    torch.manual_seed(0)
+    net = build_text_model(arch, task.objective, "micro", task.vocab_size,
+                           max(len(task.classes), 2), task.pad_id)
+    cur = Curriculum("progressive", 32, ramp_fraction=0.5, task="nlp", start_length=8)
+    hist = fit_text(net, task, cur, epochs=3, batch_size=16, optimizer="adamw", lr=3e-3,
+                    momentum=0.9, weight_decay=0.01, seed=0, device=torch.device("cpu"))
+    assert hist[0]["mean_input_size"] < 32 == hist[-1]["mean_input_size"]
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+    assert all(h["throughput"] > 0 for h in hist)
+    if task.objective == "lm":
+        assert hist[-1]["val"]["perplexity"] < task.vocab_size / 2
+        assert hist[-1]["val_primary"] == hist[-1]["val"]["perplexity"]
+    else:
+        assert set(hist[-1]["val"]) == {"accuracy", "precision", "recall", "f1"}
+
+
+def _nlp_params(root, **changes):
+    params = dict(
+        task="nlp", dataset="bookcorpus", version="60KB", arch="gpt1", width=16,
+        preset="micro", curriculum="progressive", start_scale=0.5, delay_fraction=0.2,
+        ramp_fraction=0.5, size_step=4, seq_length=32, start_length=8, length_step=8,
+        start_competence=0.25, competence_fraction=0.5, vocab_size=300,
+        pretrained_tokenizer=False, mlm_probability=0.15, optimizer="adamw", epochs=2,
+        batch_size=16, lr=3e-3, momentum=0.9, weight_decay=0.01, label_smoothing=0.0,
+        seed=0, num_threads=1, output_dir=root, run_name="")
+    return {**params, **changes}
+
+
+def test_run_training_saves_a_text_run_and_resumes(books, capsys):
+    result = run_training(**_nlp_params(books, curriculum="difficulty"))
+    assert result["primary_metric"] == "perplexity" and not result["higher_is_better"]
+    assert result["best_val"] == min(h["val_primary"] for h in result["history"])
+    assert result["model"] == "GPT-1 (scaled-down: micro preset)"
+    assert result["input_unit"] == "tokens" and result["throughput_unit"] == "tokens/s"
+    assert result["scoring_time_s"] > 0 and result["data_source"] == "sample"
+    assert set(result["test"]) >= {"loss", "perplexity", "token_accuracy"}
+    capsys.readouterr()
+    assert run_training(**_nlp_params(books, curriculum="difficulty")) == result
+    assert "already complete" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"seq_length": 128}, "'seq_length' = 128: preset 'micro' has 64 positions"),
+    ({"arch": "resnet18"}, "'arch' = 'resnet18': task 'nlp' trains"),
+    ({"start_length": 64, "seq_length": 32}, "'start_length' = 64"),
+    ({"optimizer": "adam"}, "'optimizer' = 'adam'"),
+    ({"preset": "huge"}, "'preset' = 'huge'"),
+])
+def test_bad_text_parameters_are_named_before_any_work(tmp_path, changes, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        run_training(**_nlp_params(str(tmp_path / "none"), **changes))
+    assert not (tmp_path / "none").exists()

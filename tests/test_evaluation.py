@@ -76,3 +76,34 @@ def test_labels_name_sample_data_and_scaled_down_models():
 def test_version_names_sort_by_size():
     assert sorted(["1MB", "100KB", "100MB", "10MB"], key=version_bytes) == \
         ["100KB", "1MB", "10MB", "100MB"]
+
+
+def _result(name, curriculum, values, spe):
+    params = {"task": "cv", "arch": "resnet18", "dataset": "caltech256", "version": "1MB",
+              "curriculum": curriculum, "seed": 0, "width": 16, "preset": "micro"}
+    return {"status": "complete", "run_name": name, "params": params, "model": "ResNet-18",
+            "primary_metric": "accuracy", "higher_is_better": True, "best_val": max(values),
+            "test": {"accuracy": values[-1]}, "data_source": "sample", "input_size": 32,
+            "input_unit": "px", "history": _hist(values, spe)}
+
+
+def test_evaluation_reads_only_the_plans_runs(tmp_path):
+    """A stale result of another plan in the same folder must not move the targets."""
+    import json
+    from speedup.evaluation import evaluate_study
+    (tmp_path / "results").mkdir()
+    runs = {"base": _result("base", "none", [.2, .5, .6], 2.0),
+            "prog": _result("prog", "progressive", [.3, .55, .6], 1.0),
+            "stale": _result("stale", "none", [.5, .9, .95], 2.0)}  # e.g. more epochs
+    for name, r in runs.items():
+        (tmp_path / "results" / f"{name}.json").write_text(json.dumps(r))
+    plan = {"label": "test", "method_defaults": {},
+            "stages": {"method": [{"id": "base", "main": True, "varied": []},
+                                  {"id": "prog", "main": True, "varied": []}]}}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    study = evaluate_study(task="cv", output_dir=str(tmp_path), target_fraction=0.9)
+    assert study["runs"] == 2
+    row = study["speedups"].iloc[0]
+    assert row.target == pytest.approx(0.54) and row.speedup == pytest.approx(3.0)
+    with pytest.raises(FileNotFoundError, match="main runs for task 'nlp'"):
+        evaluate_study(task="nlp", output_dir=str(tmp_path), target_fraction=0.9)

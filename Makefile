@@ -8,7 +8,7 @@ OUT     ?= $(if $(filter cv,$(TASK)),_output,_output_$(TASK))
 WORKERS ?=
 IMAGES  ?=
 
-.PHONY: report batch merge slides test bench-data clean
+.PHONY: report batch merge slides test bench-data bench-text clean
 .DEFAULT_GOAL := report
 
 .venv/.installed: requirements.txt
@@ -41,6 +41,10 @@ test: .venv/.installed
 # the data stage on a Caltech-256-sized synthetic archive; IMAGES=3000 for a quick run
 bench-data: .venv/.installed
 	$(PY) bench_data.py $(if $(IMAGES),--images $(IMAGES))
+
+# training tokens/s of BERT and GPT-1 at each size preset
+bench-text: .venv/.installed
+	$(PY) bench_text.py
 
 clean:
 	rm -rf $(OUT) _cache

@@ -1,9 +1,11 @@
 """The report: speedup.ipynb runs the whole demo study on its own, and the slide deck
 renders from a pipeline output dir and meets the presentation's rules.
 
-The deck is tested twice: from placeholder figures and tables of the real names and shapes
-(seconds), and from the output of the merged notebook's demo run (minutes, run once here:
-`make test` distributes tests by file, so this file's fixtures run on one worker).
+Each task's deck (cv, nlp) is tested from placeholder figures and tables of the real names
+and shapes (seconds); the cv deck also from the output of the merged notebook's demo run
+(minutes, run once here: `make test` distributes tests by file, so this file's fixtures run
+on one worker). The text pair's demo run is test_report_nlp.py's, which reuses the checks
+and helpers of this file.
 """
 import json
 import os
@@ -25,10 +27,14 @@ from pptx.enum.shapes import MSO_SHAPE_TYPE, PP_PLACEHOLDER  # noqa: E402
 import render_slides  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-LABEL = "Demo profile: embedded sample data, scaled-down models (width 16 of 64)"
+# The demo profiles' labels, which every deck must show (params/<task>-demo.yaml).
+LABELS = {"cv": "Demo profile: embedded sample data, scaled-down models (width 16 of 64)",
+          "nlp": "Demo profile: embedded sample data, scaled-down models (micro preset, "
+                 "not base)"}
 TOPICS = ("Dataset", "Approach", "Architectures", "Evaluation")
-FIGURES = ("samples_caltech256", "samples_voc2012", "schedule", "tuning", "convergence",
-           "epochs_to_target", "final_performance", "time_to_target", "speedup")
+DATASETS = {"cv": ("caltech256", "voc2012"), "nlp": ("yahoo_answers", "bookcorpus")}
+RESULT_FIGURES = ("schedule", "tuning", "convergence", "epochs_to_target",
+                  "final_performance", "time_to_target", "speedup")
 WORDS_PER_MINUTE = 130
 TALK_MINUTES = 12
 
@@ -39,11 +45,12 @@ def _table(columns: list[str], rows: int, caption: str) -> str:
     return "\n".join(lines) + f"\n\n{caption}\n"
 
 
-def make_placeholder_output(output_dir) -> None:
-    """Figures and tables with the pipeline's names, the sizes of its largest ones."""
+def make_placeholder_output(output_dir, task: str = "cv") -> None:
+    """A task's figures, tables and plan.json with the pipeline's names, the sizes of its
+    largest ones."""
     (output_dir / "figures").mkdir(parents=True, exist_ok=True)
     (output_dir / "tables").mkdir(parents=True, exist_ok=True)
-    for name in FIGURES:
+    for name in [f"samples_{d}" for d in DATASETS[task]] + list(RESULT_FIGURES):
         fig, ax = plt.subplots(figsize=(8, 4.5))
         ax.plot([0, 1, 2], [0, 1, 0.5])
         ax.set_title(f"placeholder: {name}")
@@ -51,12 +58,16 @@ def make_placeholder_output(output_dir) -> None:
         plt.close(fig)
     data_cols = ["version", "bytes", "budget", "train", "val", "test", "classes",
                  "resolution", "TV distance"]
+    # Size columns: cv's two image sides; nlp's widest case, the full profile's four lengths.
+    model_cols = (["model", "dataset", "classes", "params (M)"]
+                  + (["GFLOPs @ 16 px", "GFLOPs @ 32 px"] if task == "cv" else
+                     [f"GFLOPs @ {n} tokens" for n in (32, 64, 128, 512)]))
+    if task == "nlp":
+        data_cols.remove("resolution")
     caption = "*Computed on embedded sample data with scaled-down models.*"
     tables = {
-        "data_caltech256": _table(data_cols, 3, caption),
-        "data_voc2012": _table(data_cols, 3, caption),
-        "architectures": _table(["model", "dataset", "classes", "params (M)",
-                                 "GFLOPs @ 16 px", "GFLOPs @ 32 px"], 4, caption),
+        **{f"data_{d}": _table(data_cols, 3, caption) for d in DATASETS[task]},
+        "architectures": _table(model_cols, 4, caption),
         # 2 archs x 2 datasets x 3 sizes x 2 curricula: the longest table on any slide.
         "speedup": _table(["model", "dataset", "size", "curriculum", "baseline s",
                            "method s", "speed-up", "epochs (base / method)",
@@ -66,17 +77,23 @@ def make_placeholder_output(output_dir) -> None:
     tables["speedup_summary"] = "Target: 95% of the baseline's best validation score.\n"
     for name, text in tables.items():
         (output_dir / "tables" / f"{name}.md").write_text(text)
-    (output_dir / "tables" / "label.md").write_text(LABEL + "\n")
+    (output_dir / "tables" / "label.md").write_text(LABELS[task] + "\n")
+    (output_dir / "plan.json").write_text(json.dumps({"task": task}))
 
 
-@pytest.fixture(scope="module", params=["placeholders", "pipeline"])
+@pytest.fixture(scope="module", params=["placeholders-cv", "placeholders-nlp", "pipeline"])
 def rendered(request, tmp_path_factory):
     if request.param == "pipeline":  # the demo study, run by speedup.ipynb
         output_dir = request.getfixturevalue("demo_notebook_run") / "_output"
     else:
         output_dir = tmp_path_factory.mktemp("output")
-        make_placeholder_output(output_dir)
+        make_placeholder_output(output_dir, task=request.param.split("-")[1])
     return render_slides.render(output_dir, engine="pandoc")
+
+
+def _label(rendered) -> str:
+    """The label that the rendered deck's task must show: its demo profile's."""
+    return LABELS[render_slides.read_task(rendered["pptx"].parent)]
 
 
 def _title(slide) -> str:
@@ -114,10 +131,11 @@ def test_every_slide_has_speaker_notes_that_fit_the_talk(rendered):
 
 def test_figures_and_labels_are_on_the_slides(rendered):
     slides = list(Presentation(rendered["pptx"]).slides)
+    label = _label(rendered)
     assert sum(_has_picture(s) for s in slides) >= 4
-    assert LABEL in _text(slides[0]), "the profile label is not on the title slide"
+    assert label in _text(slides[0]), "the profile label is not on the title slide"
     results = [s for s in slides if _title(s).startswith("Evaluation:")]
-    assert results and all(LABEL in _text(s) for s in results)
+    assert results and all(label in _text(s) for s in results)
 
 
 def test_everything_stays_on_its_slide(rendered):
@@ -146,6 +164,48 @@ def test_missing_figure_is_named_before_rendering(tmp_path):
     assert render_slides.main(["--output-dir", str(tmp_path)]) == 1
 
 
+def _deck_source(output_dir) -> str:
+    """The source deck that the staged copy in `output_dir` says it came from."""
+    first = (output_dir / "slides.qmd").read_text(encoding="utf-8").splitlines()[0]
+    return re.search(r"from slides/(\S+);", first).group(1)
+
+
+@pytest.mark.parametrize("task, deck", [("cv", "slides.qmd"), ("nlp", "slides-nlp.qmd"),
+                                        (None, "slides.qmd")])
+def test_the_plans_task_picks_the_deck(tmp_path, task, deck):
+    make_placeholder_output(tmp_path, task or "cv")
+    if task is None:  # an output dir without plan.json is the image pair's
+        (tmp_path / "plan.json").unlink()
+    outputs = render_slides.render(tmp_path, engine="pandoc", formats=("revealjs",))
+    assert _deck_source(tmp_path) == deck
+    html = outputs["revealjs"]
+    assert html.name == "slides.html" and f"from slides/{deck};" in html.read_text()
+
+
+def test_the_task_argument_overrides_the_plan(tmp_path):
+    make_placeholder_output(tmp_path, "cv")
+    make_placeholder_output(tmp_path, "nlp")  # plan.json now says nlp
+    render_slides.render(tmp_path, engine="pandoc", formats=("revealjs",), task="cv")
+    assert _deck_source(tmp_path) == "slides.qmd"
+    assert render_slides.main(["--output-dir", str(tmp_path), "--engine", "pandoc",
+                               "--task", "cv"]) == 0
+    assert _deck_source(tmp_path) == "slides.qmd"
+    assert sorted(p.name for p in tmp_path.glob("slides.*")) == [
+        "slides.html", "slides.pptx", "slides.qmd"]
+
+
+def test_an_unknown_task_is_named_with_the_known_ones(tmp_path, capsys):
+    make_placeholder_output(tmp_path, "nlp")
+    (tmp_path / "plan.json").write_text(json.dumps({"task": "speech"}))
+    with pytest.raises(render_slides.UnknownTaskError, match="'speech'.*cv, nlp"):
+        render_slides.render(tmp_path, engine="pandoc")
+    with pytest.raises(ValueError, match="'audio'.*cv, nlp"):
+        render_slides.render(tmp_path, engine="pandoc", task="audio")
+    assert render_slides.main(["--output-dir", str(tmp_path), "--task", "audio"]) == 1
+    assert "'audio'" in capsys.readouterr().err
+    assert not list(tmp_path.glob("slides.*")), "nothing is staged or rendered"
+
+
 FAKE_QUARTO = """#!/bin/sh
 # Stands in for Quarto: logs its arguments and the project file it finds, then writes what
 # `quarto render slides.qmd --to FORMAT` would, copied from a deck pandoc rendered.
@@ -164,7 +224,7 @@ def test_quarto_renders_the_staged_copy_when_on_path(rendered, tmp_path, monkeyp
     quarto = bin_dir / "quarto"
     quarto.write_text(FAKE_QUARTO)
     quarto.chmod(quarto.stat().st_mode | stat.S_IEXEC)
-    make_placeholder_output(output_dir)
+    make_placeholder_output(output_dir, render_slides.read_task(rendered["pptx"].parent))
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("QUARTO_LOG", str(tmp_path / "quarto.log"))
     monkeypatch.setenv("FAKE_DECK_DIR", str(rendered["pptx"].parent))
@@ -178,18 +238,30 @@ def test_quarto_renders_the_staged_copy_when_on_path(rendered, tmp_path, monkeyp
     assert not (output_dir / "slide_fixes.lua").exists()
     assert (output_dir / "slides.qmd").is_file()
 
+def run_merged_notebook(work: Path, **parameters) -> Path:
+    """speedup.ipynb, run top to bottom in a fresh kernel in the empty folder `work`, as on
+    Colab: the merged notebook must need no file of this repository. Returns `work`, which
+    holds the executed notebook (speedup.out.ipynb) and the study's output dir."""
+    # One torch thread per kernel: `make test` runs the image and the text pair's notebooks
+    # at once on 2 workers, and two 2-thread kernels on 2 cores slow each other down.
+    threads = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the kernel
+    try:
+        papermill.execute_notebook(str(ROOT / "speedup.ipynb"),
+                                   str(work / "speedup.out.ipynb"), parameters=parameters,
+                                   kernel_name="python3", cwd=str(work), progress_bar=False)
+    finally:
+        if threads is None:
+            os.environ.pop("OMP_NUM_THREADS")
+        else:
+            os.environ["OMP_NUM_THREADS"] = threads
+    return work
+
+
 @pytest.fixture(scope="module")
 def demo_notebook_run(tmp_path_factory):
-    """speedup.ipynb, run top to bottom in a fresh kernel with profile=demo.
-
-    It runs in an empty folder, as on Colab: the merged notebook must need no
-    file of this repository.
-    """
-    work = tmp_path_factory.mktemp("colab")
-    papermill.execute_notebook(str(ROOT / "speedup.ipynb"), str(work / "speedup.out.ipynb"),
-                               parameters={"profile": "demo"}, kernel_name="python3",
-                               cwd=str(work), progress_bar=False)
-    return work
+    """The image pair's demo study, run by speedup.ipynb with profile=demo."""
+    return run_merged_notebook(tmp_path_factory.mktemp("colab"), profile="demo")
 
 
 def test_merged_notebook_runs_every_job_of_the_demo(demo_notebook_run):

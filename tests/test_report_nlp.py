@@ -1,0 +1,67 @@
+"""The text pair's report: speedup.ipynb runs the whole nlp demo study on its own (minutes,
+once, in this file's module fixture), and its deck passes the same checks as the image
+pair's.
+
+The checks are test_report.py's, imported here: pytest runs an imported test function
+with this module's fixtures, so `demo_notebook_run` and `rendered` below are the text
+pair's.
+"""
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+import render_slides
+from test_report import (  # noqa: F401  the deck checks run again, on this deck
+    run_merged_notebook, test_deck_covers_the_required_topics,
+    test_every_slide_has_speaker_notes_that_fit_the_talk, test_everything_stays_on_its_slide,
+    test_figures_and_labels_are_on_the_slides, test_merged_notebook_reports_no_failures,
+    test_outputs_say_they_are_generated)
+
+ARCHS = ("bert", "gpt1")
+DATASETS = ("yahoo_answers", "bookcorpus")
+DEMO = Path(__file__).resolve().parents[1] / "params" / "nlp-demo.yaml"
+VERSIONS = tuple(yaml.safe_load(DEMO.read_text())["data_prep"]["params"]["sizes"])
+CURRICULA = ("none", "progressive", "difficulty")
+
+
+@pytest.fixture(scope="module")
+def demo_notebook_run(tmp_path_factory):
+    """The text pair's demo study, run by speedup.ipynb with task=nlp, profile=demo."""
+    return run_merged_notebook(tmp_path_factory.mktemp("colab-nlp"), task="nlp",
+                               profile="demo")
+
+
+@pytest.fixture(scope="module")
+def rendered(demo_notebook_run):
+    return render_slides.render(demo_notebook_run / "_output", engine="pandoc")
+
+
+def test_merged_notebook_runs_every_job_of_the_text_demo(demo_notebook_run):
+    out = demo_notebook_run / "_output"
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["profile"] == "demo" and plan["task"] == "nlp"
+    results = [json.loads((out / "results" / f"{run['id']}.json").read_text())
+               for run in plan["stages"]["method"]]
+    for run, result in zip(plan["stages"]["method"], results):
+        assert result["status"] == "complete", run["id"]
+        assert result["params"]["task"] == "nlp" and result["data_source"] == "sample"
+        assert len(result["history"]) == run["params"]["epochs"]
+    cases = {(r["params"]["arch"], r["params"]["dataset"], r["params"]["version"],
+              r["params"]["curriculum"]) for r in results}
+    assert cases >= {(a, d, v, c) for a in ARCHS for d in DATASETS for v in VERSIONS
+                     for c in CURRICULA}
+    for dataset in DATASETS:
+        assert sorted(p.name for p in (out / "data" / dataset).iterdir()) == sorted(VERSIONS)
+        assert (out / "figures" / f"samples_{dataset}.png").stat().st_size > 10_000
+    for name in ("tuning", "convergence", "epochs_to_target", "final_performance",
+                 "time_to_target", "speedup", "schedule"):
+        assert (out / "figures" / f"{name}.png").stat().st_size > 10_000, name
+    table = (out / "tables" / "speedup.md").read_text()
+    assert "Geometric-mean speed-up" in table and "perplexity" in table
+
+
+def test_the_text_pairs_deck_is_rendered(rendered):
+    staged = rendered["pptx"].parent / "slides.qmd"
+    assert "from slides/slides-nlp.qmd;" in staged.read_text().splitlines()[0]

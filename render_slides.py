@@ -282,13 +282,29 @@ def _row_heights(table, points: int, strict: bool = True) -> list[float]:
 
 
 def _balance_columns(table) -> None:
-    """Column widths in proportion to their longest text (pandoc makes them all equal)."""
-    font = _font(10)
-    natural = [max(font.getlength(row.cells[i].text_frame.text) for row in table.rows) + 1
+    """Column widths in proportion to their longest text (pandoc makes them all equal), but
+    no narrower than their longest word at the table size, so short columns such as
+    "classes" do not force the whole table down to a tiny font."""
+    font = _font(MAX_POINTS["table"])
+    columns = [[row.cells[i].text_frame.text for row in table.rows]
                for i in range(len(table.columns))]
-    total = sum(column.width for column in table.columns)
-    for column, width in zip(table.columns, natural):
-        column.width = int(total * width / sum(natural))
+    natural = [max(font.getlength(text) for text in texts) + 1 for texts in columns]
+    word = [max(font.getlength(w) for text in texts for w in text.split() or [""])
+            + 2 * CELL_MARGIN_PT[0] + 2 for texts in columns]
+    total = sum(column.width for column in table.columns) / EMU_PER_PT
+    widths = [total * n / sum(natural) for n in natural]
+    fixed: set[int] = set()  # columns raised to their longest word
+    while True:
+        narrow = {i for i, w in enumerate(widths) if i not in fixed and w < word[i] - 0.5}
+        free = [i for i in range(len(widths)) if i not in fixed | narrow]
+        need = sum(word[i] for i in fixed | narrow)
+        if not narrow or not free or need >= total:
+            break
+        fixed |= narrow
+        scale = (total - need) / sum(widths[i] for i in free)
+        widths = [word[i] if i in fixed else w * scale for i, w in enumerate(widths)]
+    for column, width in zip(table.columns, widths):
+        column.width = int(width * EMU_PER_PT)
 
 
 def _fit_table(table, height_emu: int) -> int:

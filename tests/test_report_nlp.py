@@ -17,7 +17,7 @@ from test_report import (  # noqa: F401  the deck checks run again, on this deck
     run_merged_notebook, test_deck_covers_the_required_topics,
     test_every_slide_has_speaker_notes_that_fit_the_talk, test_everything_stays_on_its_slide,
     test_figures_and_labels_are_on_the_slides, test_merged_notebook_reports_no_failures,
-    test_outputs_say_they_are_generated)
+    test_outputs_say_they_are_generated, test_tables_are_readable)
 
 ARCHS = ("bert", "gpt1")
 DATASETS = ("yahoo_answers", "bookcorpus")

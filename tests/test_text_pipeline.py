@@ -8,12 +8,17 @@ from speedup.data_prep import load_text_version, train_tokenizer, version_tokeni
 from speedup.method import sequence_length, split_to_length
 
 
-@pytest.fixture(scope="module")
-def yahoo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("text")
-    data_prep.prepare_text_dataset("yahoo_answers", "sample", {"60KB": 60_000},
+def _prepared(tmp_path_factory, dataset: str) -> str:
+    """An output dir holding the 60KB version of a text sample."""
+    out = tmp_path_factory.mktemp(dataset)
+    data_prep.prepare_text_dataset(dataset, "sample", {"60KB": 60_000},
                                    [0.7, 0.15, 0.15], 0, str(out / "out"), str(out / "cache"))
     return str(out / "out")
+
+
+@pytest.fixture(scope="module")
+def yahoo(tmp_path_factory):
+    return _prepared(tmp_path_factory, "yahoo_answers")
 
 
 @pytest.mark.parametrize("arch", ["bert", "gpt1"])
@@ -77,10 +82,7 @@ from speedup.method import (Curriculum, evaluate_text, fit_text, lm_metrics,  # 
 
 @pytest.fixture(scope="module")
 def books(tmp_path_factory):
-    out = tmp_path_factory.mktemp("books")
-    data_prep.prepare_text_dataset("bookcorpus", "sample", {"60KB": 60_000},
-                                   [0.7, 0.15, 0.15], 0, str(out / "out"), str(out / "cache"))
-    return str(out / "out")
+    return _prepared(tmp_path_factory, "bookcorpus")
 
 
 def _task(root, dataset, arch, length=32):
@@ -106,8 +108,9 @@ def test_masking_follows_bert_80_10_10_and_spares_special_tokens(books):
     assert torch.equal(inputs[~picked], rows[~picked])
     # validation and test are masked once, the same way every time
     again = _task(books, "bookcorpus", "bert")
-    assert torch.equal(task.ids["val"][0], again.ids["val"][0])
-    assert (task.ids["val"][1] != -100).any()
+    assert torch.equal(task.ids["val"], again.ids["val"])
+    assert torch.equal(task.labels["val"], again.labels["val"])
+    assert (task.labels["val"] != -100).any()
 
 
 def test_perplexity_matches_a_hand_computation():

@@ -334,9 +334,10 @@ def test_part_file_left_by_a_killed_run_is_resumed(served_voc, tmp_path):
     part = tmp_path / "dl" / "voc_sample.tar.part"
     part.parent.mkdir()
     part.write_bytes(data[:1000])
-    digest = download([f"{server.url}/voc_sample.tar"], part.with_suffix(""),
+    record = download([f"{server.url}/voc_sample.tar"], part.with_suffix(""),
                       hashlib.md5(data).hexdigest())
-    assert digest == hashlib.md5(data).hexdigest()
+    assert record["md5"] == hashlib.md5(data).hexdigest() and record["verified"] == ["md5"]
+    assert record["sha256"] == hashlib.sha256(data).hexdigest()
     assert server.requests == [("/voc_sample.tar", "bytes=1000-")]
     assert (tmp_path / "dl" / "voc_sample.tar").read_bytes() == data
 
@@ -362,11 +363,14 @@ def test_all_mirrors_failing_names_each(served_voc, tmp_path):
         download(mirrors, tmp_path / "x.tar", attempts=2, backoff=0)
 
 
-def test_registry_md5_applies_to_the_official_archive_name(served_voc, tmp_path):
+def test_registry_digests_apply_to_the_official_archive_name(served_voc, tmp_path):
     server, archive = served_voc
     archive.rename(archive.with_name(DATASETS["voc2012"]["archive"]))  # not the real bytes
     url = f"{server.url}/{DATASETS['voc2012']['archive']}"
-    with pytest.raises(DownloadError, match=DATASETS["voc2012"]["md5"]):
+    d2l, official = DATASETS["voc2012"]["mirrors"][:2]
+    assert "d2l-data" in d2l["url"] and d2l["sha1"].startswith("4e443f8a")
+    with pytest.raises(DownloadError, match=rf"expected md5 {official['md5']}, "
+                                            rf"sha1 {d2l['sha1']}, got md5"):
         fetch_dataset("voc2012", url, tmp_path / "cache")
     assert not (tmp_path / "cache" / "voc2012").exists()
 
@@ -553,7 +557,7 @@ def test_yahoo_parquet_and_csv_samples_agree(tmp_path):
     first = (csv_root / "yahoo_answers_csv" / "train.csv").read_text().splitlines()[0]
     assert re.fullmatch(r'"(10|[1-9])",".*"', first)                 # 1-10, quoted
     from_csv = read_yahoo_answers(csv_root / "yahoo_answers_csv")
-    from_pq = read_yahoo_answers(pq_root, cache_dir=tmp_path / "hf")
+    from_pq = read_yahoo_answers(pq_root)
     assert from_csv == from_pq and sorted(set(from_csv[1])) == list(range(10))
     assert any("\n" in t for t in from_csv[0]) and not any("\\n" in t for t in from_csv[0])
 

@@ -149,7 +149,8 @@ def test_bookcorpus_archive_download_records_its_sha256(tmp_path, server, books,
         _sha(archive)
     cached.write_bytes(cached.read_bytes()[:-10] + b"0123456789")
     (cache / "bookcorpus" / ".source.json").unlink()
-    again = prepare_text_dataset("bookcorpus", "download", BOOK_SIZES, FRACTIONS, 0, out, cache)
+    again = prepare_text_dataset("bookcorpus", "download", BOOK_SIZES, FRACTIONS, 0, out,
+                                 cache)
     assert server.paths == ["/bookcorpus.tar.bz2"] * 2 and _sha(cached) == _sha(archive)
     assert again["m"]["source_files"] == manifests["m"]["source_files"]
 
@@ -301,8 +302,9 @@ def test_text_lines_slices_match_the_files(tmp_path):
 def test_bookcorpus_versions_are_built_in_memory_far_below_the_corpus(tmp_path):
     """A reader that held the corpus (as today's `datasets` column of strings did, or a
     plain read of the file) would need more than the file's size."""
-    pool = np.array([ln for f in sorted((make_sample_bookcorpus(tmp_path / "pool", n_lines=
-                     2000) / "bookcorpus").glob("*.txt")) for ln in f.read_text().splitlines()])
+    sample = make_sample_bookcorpus(tmp_path / "pool", n_lines=2000) / "bookcorpus"
+    pool = np.array([ln for f in sorted(sample.glob("*.txt"))
+                     for ln in f.read_text().splitlines()])
     folder = tmp_path / "big"
     folder.mkdir()
     rng = np.random.default_rng(0)

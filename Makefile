@@ -8,7 +8,7 @@ OUT     ?= $(if $(filter cv,$(TASK)),_output,_output_$(TASK))
 WORKERS ?=
 IMAGES  ?=
 
-.PHONY: report batch merge slides test bench-data bench-text clean
+.PHONY: report batch merge slides test bench-data bench-text clean test-colab
 .DEFAULT_GOAL := report
 
 .venv/.installed: requirements.txt
@@ -48,3 +48,9 @@ bench-text: .venv/.installed
 
 clean:
 	rm -rf $(OUT) _cache
+
+# Outside CI, not part of `make test`: the merged notebook's demo (both tasks) in .venv-colab,
+# built from requirements-colab.txt with Colab's Python 3.13 and library versions (the first
+# run downloads ~1.5 GB of wheels); see check_colab.py
+test-colab:
+	python3 check_colab.py

@@ -8,7 +8,7 @@ OUT     ?= $(if $(filter cv,$(TASK)),_output,_output_$(TASK))
 WORKERS ?=
 IMAGES  ?=
 
-.PHONY: report batch merge slides test bench-data bench-text clean test-colab
+.PHONY: report batch merge slides test bench-data bench-text bench-text-data clean test-colab
 .DEFAULT_GOAL := report
 
 .venv/.installed: requirements.txt
@@ -45,6 +45,11 @@ bench-data: .venv/.installed
 # training tokens/s of BERT and GPT-1 at each size preset
 bench-text: .venv/.installed
 	$(PY) bench_text.py
+
+# peak memory and time of the text versions on full-size synthetic corpora; ARCHIVE=1 adds
+# the .tar.bz2 run, BOOK_GB the size of the synthetic BookCorpus
+bench-text-data: .venv/.installed
+	$(PY) bench_text_data.py $(if $(ARCHIVE),--archive) $(if $(BOOK_GB),--book-gb $(BOOK_GB))
 
 clean:
 	rm -rf $(OUT) _cache

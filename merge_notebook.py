@@ -2,22 +2,22 @@
 
     python merge_notebook.py [--check]
 
-The merged notebook holds, in order: a note that it is generated, a Colab
-setup cell, a note on the GPU runtime, one ``parameters`` cell (``task``,
-``profile``, ``output_dir``, ``cache_dir``), the plans of every profile in
-``params/`` (expanded by ``run_batch.py``, embedded as data so the notebook
-needs no other file), and then each chapter in order. From each chapter it
-keeps the prose, the setup and ``#| export`` cells, and the small
-demonstrations; it drops the chapter's own ``parameters`` cell and its
-``#| chapter-import`` cells (the definitions are already above), and replaces
-its ``#| per-run`` cells with a loop that calls the chapter's entry point for
-every job of the chosen plan. ``--check`` exits 1 if ``speedup.ipynb`` is not
-what this script would write.
+The merged notebook has two parts. First, after a note that it is generated, a
+Colab setup cell, one ``parameters`` cell (task, profile, seeds, folders, Google
+Drive on/off) and the opt-in Drive cell: **the chapters**, in order, each with
+its prose, its ``#| export`` definitions and their small demonstrations (each
+chapter's own ``parameters`` and ``#| chapter-import`` cells are dropped: the
+definitions are already above, and its ``#| per-run`` cells are left to part
+two). Second, **running the study**: every profile of ``params/`` as readable
+YAML, the chapters' parameter defaults, and the cells that expand the chosen
+profile with chapter 3's ``expand_plan`` (the code ``run_batch.py`` uses), check
+the device, run each stage through its chapter's entry point, estimate the time
+before training, and end with an error if any job failed. ``--check`` exits 1 if
+``speedup.ipynb`` is not what this script would write.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -32,6 +32,11 @@ import run_batch  # noqa: E402
 TARGET = ROOT / "speedup.ipynb"
 ENTRY_POINTS = {"data_prep": "prepare_dataset", "architectures": "describe_architectures",
                 "method": "run_training", "evaluation": "evaluate_study"}
+STAGE_TITLES = {"data_prep": "Data: the three versions of each dataset (chapter 1)",
+                "architectures": "The networks, their sizes and FLOPs (chapter 2)",
+                "method": "Training every run (chapter 3)",
+                "evaluation": "Evaluation: does the curriculum reach the target sooner? "
+                              "(chapter 4)"}
 # Packages the chapters import that a stock Colab runtime does not have.
 COLAB_EXTRAS = ["iterative-stratification==0.1.9"]
 
@@ -49,17 +54,31 @@ draws the evaluation. Set the parameters below and use **Runtime -> Run all**.
 with progressive resizing), or `"nlp"`, the text pair (BERT + GPT-1 on Yahoo Answers \
 and BookCorpus, with sequence-length warmup).
 * `profile`: `"full"` (the default) downloads the real datasets and trains full-size \
-models; `"demo"` runs in minutes on a CPU with embedded sample data (synthetic images \
-and text in the real on-disk formats) and scaled-down models, and says so on every output.
+models; `"colab"` is the same study cut to fit one free Colab session (fewer seeds or \
+epochs); `"demo"` runs in minutes on a CPU with embedded sample data (synthetic images \
+and text in the real on-disk formats) and scaled-down models, and says so on every output. \
+The profiles are written out, as readable YAML, in part 2: edit them there.
+* `seeds`: the training seeds (empty: the profile's own).
+* `use_drive`: keep the outputs on Google Drive. A free session ends after at most ~12 \
+hours (sooner when idle) and wipes `/content`; with Drive on, **Run all in a new session \
+continues where the last one stopped**: finished versions and runs are reused, and an \
+interrupted run resumes from its last checkpoint.
 * `output_dir`: use one per task; the evaluation draws the task it is run for.
+
+**How long it takes.** Before training, part 2 measures the speed of each model on this \
+GPU and prints the estimated time of every run; on a free T4 (an estimate from FLOP \
+counts and an assumed speed, see the README) the image pair's `full` profile trains for \
+about 4 hours and the text pair's for about 9 (plan two sessions, with Drive on); the \
+`colab` profiles, about 2 and 6 hours, fit in one.
 """
 
 GPU_NOTE = """\
 ## Runtime
 
-The full profile needs a GPU: in Colab choose **Runtime -> Change runtime type -> \
-GPU** (a T4 is enough) before running. The demo profile runs on a CPU. Training \
-uses the GPU automatically when one is present (`pick_device` in chapter 3).
+The `full` and `colab` profiles need a GPU: in Colab choose **Runtime -> Change runtime \
+type -> T4 GPU** before running; without one they stop at once with a message \
+(`allow_cpu = True` overrides it). The demo profile runs on a CPU. On a GPU, training uses \
+mixed precision (bf16 where the GPU has it, fp16 with a gradient scaler on a T4).
 """
 
 SETUP = f"""\
@@ -71,57 +90,78 @@ if "google.colab" in sys.modules or os.path.isdir("/content"):
 """
 
 PARAMETERS = """\
-task = "cv"            # cv: the image pair | nlp: the text pair
-profile = "full"       # full: real data on a GPU; demo: embedded sample data on a CPU
-output_dir = "_output" # executed results, figures and tables land here
-cache_dir = "_cache"   # downloads and extracted archives
+task = "cv"             # cv: the image pair | nlp: the text pair
+profile = "full"        # full | colab (one free T4 session) | demo (sample data, CPU)
+seeds = []              # training seeds; empty: the profile's own
+output_dir = "_output"  # versions, results, checkpoints, figures (on Drive when use_drive)
+cache_dir = "_cache"    # downloads and extracted archives (they stay on this machine)
+use_drive = False       # Colab: keep output_dir on Google Drive, so a new session resumes
+allow_cpu = False       # run a GPU profile without a GPU anyway (days)
 """
 
-RUNNER = '''\
-# The plan of every profile, expanded from params/*.yaml by run_batch.py at merge time.
-import json, traceback
+DRIVE = """\
+# Opt-in: put output_dir on Google Drive (it survives the end of a Colab session); the
+# large raw archives in cache_dir stay on the machine and are downloaded again if needed.
 from pathlib import Path
 
-PLANS = json.loads(PLANS_JSON)
-if task not in PLANS or profile not in PLANS[task]:
-    raise ValueError(f"no profile '{profile}' for task '{task}'; "
-                     f"available: { {t: sorted(p) for t, p in PLANS.items()} }")
-PLAN = PLANS[task][profile]
-Path(output_dir).mkdir(parents=True, exist_ok=True)
-Path(output_dir, "plan.json").write_text(json.dumps(PLAN, indent=1))
-FAILURES = []
+if use_drive:
+    try:
+        from google.colab import drive
+    except ImportError:
+        raise RuntimeError("use_drive = True needs Google Colab (google.colab is missing); "
+                           "set use_drive = False and choose output_dir yourself") from None
+    drive.mount("/content/drive")
+    output_dir = f"/content/drive/MyDrive/speedup/{Path(output_dir).name}"
+print(f"outputs in {Path(output_dir).resolve()}; downloads in {Path(cache_dir).resolve()}")
+"""
 
+PART_TWO = """\
+# Part 2: running the study
 
-def run_jobs(stage, entry_point):
-    """Call a chapter's entry point for every job of the plan; record failures."""
-    from tqdm.auto import tqdm
-    results = []
-    jobs = PLAN["stages"][stage]
-    for job in tqdm(jobs, desc=stage, unit="job", disable=len(jobs) < 2):
-        params = {**job["params"], "output_dir": output_dir}
-        if "cache_dir" in params:
-            params["cache_dir"] = cache_dir
-        try:
-            results.append(entry_point(**params))
-        except Exception:  # one failed job must not stop the study
-            traceback.print_exc()
-            FAILURES.append(job["id"])
-    return results
+Everything above defined and explained the study; the cells below run it for the \
+`task` and `profile` chosen at the top. A profile is the experiment design in one \
+readable file (the same YAML as `params/<task>-<profile>.yaml` in the repository): edit \
+a value here and run again. `expand_plan` (chapter 3) checks every name and type against \
+the chapters' parameters, listed after the profiles, before any work starts.
 
+Each stage calls its chapter's entry point for each of its jobs. A job that fails is \
+recorded and the study goes on; the jobs that need its output are skipped, naming it; \
+the last cell then fails with the list. Running again skips everything already \
+complete and resumes an interrupted training run from its checkpoint.
+"""
 
-print(f"{task}/{profile}:", {stage: len(jobs) for stage, jobs in PLAN["stages"].items()})
-'''
+PLAN = """\
+defaults = {stage: parameter_defaults(source) for stage, source in CHAPTER_PARAMETERS.items()}
+name = f"{task}-{profile}"
+if name not in PROFILES:
+    raise ValueError(f"no profile {profile!r} for task {task!r}; profiles: {sorted(PROFILES)}")
+PLAN = expand_plan(parse_profile(PROFILES[name], f"params/{name}.yaml"), defaults,
+                   output_dir, cache_dir, seeds or None)
+check_device(PLAN, allow_cpu)
+write_json(Path(output_dir, "plan.json"), PLAN)
+STATUSES = {}  # job id -> complete | failed (with the error) | skipped (with the reason)
+print(f"{name}:", {stage: len(jobs) for stage, jobs in PLAN["stages"].items()})
+"""
 
+ESTIMATE = """\
+# Before training: the work of every run (FLOPs, chapter 3) and the speed of each model
+# measured on this device give the time to expect; it is saved for study_status below.
+ESTIMATE = estimate_study(PLAN, output_dir)
+print(ESTIMATE.groupby(["dataset", "version"], sort=False).hours.sum().round(2).to_string())
+print(f"{ESTIMATE.hours.sum():.1f} h of training in all, at "
+      f"{ESTIMATE.tflops_per_s.min():.2g}-{ESTIMATE.tflops_per_s.max():.2g} TFLOP/s")
+print(study_status(PLAN, output_dir))
+"""
 
-def plans_json() -> str:
-    """The plans of every profile, keyed by task and profile name."""
-    plans: dict = {}
-    for path in sorted((ROOT / "params").glob("*.yaml")):
-        profile = run_batch.load_profile(path)
-        profile["_path"] = f"params/{path.name}"
-        plan = run_batch.expand_plan(profile, "_output", "_cache")
-        plans.setdefault(plan["task"], {})[plan["profile"]] = plan
-    return json.dumps(plans, indent=None, sort_keys=True, separators=(",", ":"))
+SHOW_FIGURES = """\
+from IPython.display import Image, display
+
+for study in evaluation_results:
+    print(study["label"], "-", study["runs"], "runs")
+    print(Path(output_dir, "tables", "speedup.md").read_text())
+    for path in study["figures"].values():
+        display(Image(filename=str(path)))
+"""
 
 
 def code(source: str, cell_id: str, tags=None):
@@ -139,29 +179,76 @@ def markdown(source: str, cell_id: str):
 
 
 def chapter_cells(topic: str, path: Path) -> list:
-    """A chapter's cells as the merged notebook shows them."""
+    """A chapter's cells as part 1 shows them: its per-run cells move to part 2."""
     nb = nbformat.read(path, as_version=4)
-    cells, looped = [], False
+    cells, moved = [], False
     for cell in nb.cells:
         marker = nbmodule.cell_marker(cell)
         if "parameters" in cell.metadata.get("tags", []) or marker == nbmodule.CHAPTER_IMPORT:
             continue
         if marker == nbmodule.PER_RUN:
-            if not looped:
-                entry = ENTRY_POINTS[topic]
-                cells.append(code(
-                    f"# Generated by merge_notebook.py: {entry} for every job of the plan.\n"
-                    f"{topic}_results = run_jobs({topic!r}, {entry})",
-                    f"{path.stem[:2]}-run"))
-                looped = True
+            if not moved:
+                cells.append(markdown(
+                    f"*This chapter's runs for the chosen profile are in part 2: "
+                    f"[{STAGE_TITLES[topic]}](#{topic}).*", f"{path.stem[:2]}-moved"))
+                moved = True
             continue
         clean = nbformat.from_dict(dict(cell))
         if clean.cell_type == "code":
             clean.outputs, clean.execution_count = [], None
         clean.metadata = {}
         cells.append(clean)
-    if not looped:
+    if not moved:
         raise ValueError(f"{path}: no '{nbmodule.PER_RUN}' cell to run the plan's jobs")
+    return cells
+
+
+def _embeddable(text: str, where: str) -> str:
+    """``text``, checked to mean the same inside a triple-quoted string literal."""
+    if '"""' in text or "\\" in text:
+        raise ValueError(f"{where}: triple quotes and backslashes cannot be embedded")
+    return text
+
+
+def profile_cells() -> list:
+    """One cell per profile of params/, its YAML text verbatim."""
+    cells = [code("PROFILES = {}  # task-profile -> the YAML text of params/<task>-<profile>.yaml",
+                  "gen-profiles")]
+    for path in sorted((ROOT / "params").glob("*.yaml")):
+        run_batch.load_profile(path)  # a broken profile fails the merge, not the notebook
+        text = _embeddable(path.read_text(), str(path))
+        cells.append(code(f'PROFILES["{path.stem}"] = """\\\n{text}"""',
+                          f"gen-profile-{path.stem}"))
+    return cells
+
+
+def defaults_cell():
+    """Each chapter's parameters cell, verbatim: the defaults a profile's settings layer on."""
+    parts = [f'    "{stage}": """\\\n'
+             f'{_embeddable(run_batch.parameters_source(stage), stage)}\n""",'
+             for stage in run_batch.STAGES]
+    return code("# The chapters' own parameters cells: every setting a profile may change.\n"
+                "CHAPTER_PARAMETERS = {\n" + "\n".join(parts) + "\n}", "gen-chapter-parameters")
+
+
+def part_two() -> list:
+    cells = [markdown(PART_TWO, "gen-part-two"), *profile_cells(), defaults_cell(),
+             markdown("## The plan", "gen-plan-md"), code(PLAN, "gen-plan")]
+    for stage in run_batch.STAGES:
+        number = run_batch.CHAPTERS[stage].stem[:2]
+        cells.append(markdown(f'<a id="{stage}"></a>\n## {STAGE_TITLES[stage]}',
+                              f"{number}-run-md"))
+        if stage == "method":
+            cells.append(code(ESTIMATE, "gen-estimate"))
+        cells.append(code(f"{stage}_results = run_stage(PLAN, {stage!r}, "
+                          f"{ENTRY_POINTS[stage]}, STATUSES)", f"{number}-run"))
+        if stage == "method":
+            cells.append(code("print(study_status(PLAN, output_dir))", "gen-status"))
+    cells += [code(SHOW_FIGURES, "gen-figures"),
+              markdown("## The end\n\nFails, listing every failed or skipped job, if any "
+                       "did not complete; the others' outputs are saved either way.",
+                       "gen-finish-md"),
+              code("finish(STATUSES)", "gen-finish")]
     return cells
 
 
@@ -169,14 +256,11 @@ def build() -> nbformat.NotebookNode:
     cells = [markdown(HEADER, "gen-header"), code(SETUP, "gen-colab-setup"),
              markdown(GPU_NOTE, "gen-runtime"),
              code(PARAMETERS, "gen-parameters", tags=["parameters"]),
-             code(f"PLANS_JSON = {plans_json()!r}", "gen-plans"),
-             code(RUNNER, "gen-runner")]
+             code(DRIVE, "gen-drive"),
+             markdown("# Part 1: the chapters", "gen-part-one")]
     for topic, path in run_batch.CHAPTERS.items():
         cells += chapter_cells(topic, path)
-    cells.append(markdown(
-        "## Failures\n\nJobs that failed are listed here; the others' results stand.",
-        "gen-failures-md"))
-    cells.append(code('print("failed jobs:", FAILURES or "none")', "gen-failures"))
+    cells += part_two()
     nb = nbformat.v4.new_notebook(cells=cells)
     nb.metadata = {
         "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},

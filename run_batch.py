@@ -1,22 +1,24 @@
 """Run the study: every chapter, for every combination a profile asks for.
 
     python run_batch.py params/cv-demo.yaml [--output-dir _output] [--workers 2]
+    python run_batch.py params/cv-full.yaml --estimate --tflops 6   # work and time only
+    python run_batch.py params/cv-full.yaml --status                 # runs done, time left
 
-A profile (``params/*.yaml``) names the combinations; this script expands it
-into a plan of papermill jobs in four stages (data prep -> architectures ->
-method -> evaluation), checks every parameter against the chapter's own
-``parameters`` cell (unknown keys and wrong types fail before anything runs),
-and executes the jobs, in parallel within a stage. Each executed notebook is
-kept under ``<output>/notebooks/``; each job's status under ``<output>/batch/``.
-A failed job is recorded and the batch goes on; re-running skips the jobs that
-already completed with the same parameters.
+A profile (``params/*.yaml``) names the combinations; chapter 3's ``expand_plan``
+turns it into a plan of jobs in four stages (data prep -> architectures -> method
+-> evaluation), checking every parameter against the chapter's own ``parameters``
+cell (unknown keys and wrong types fail before anything runs). This script
+executes each job as a papermill notebook, in parallel within a stage, keeping
+each executed notebook under ``<output>/notebooks/`` and each job's status under
+``<output>/batch/``. A failed job is recorded and the batch goes on; the jobs that
+depend on it are skipped (not started), naming it; the batch then exits 1 with
+a summary. Re-running skips the jobs that completed with the same parameters,
+and a training run interrupted mid-way resumes from its last checkpoint.
 """
 from __future__ import annotations
 
 import argparse
-import ast
 import concurrent.futures as cf
-import itertools
 import json
 import os
 import sys
@@ -24,60 +26,32 @@ import time
 import traceback
 from pathlib import Path
 
+import nbformat
 import papermill
-import yaml
 from tqdm.auto import tqdm
 
 ROOT = Path(__file__).resolve().parent
-CHAPTERS = {
-    "data_prep": ROOT / "chapters" / "01_data_prep.ipynb",
-    "architectures": ROOT / "chapters" / "02_architectures.ipynb",
-    "method": ROOT / "chapters" / "03_method.ipynb",
-    "evaluation": ROOT / "chapters" / "04_evaluation.ipynb",
-}
-STAGES = list(CHAPTERS)
-PROFILE_KEYS = {"task", "profile", "label", "workers", *STAGES}
-STAGE_KEYS = {
-    "data_prep": {"datasets", "params", "per_dataset"},
-    "architectures": {"params"},
-    "method": {"archs", "curricula", "seeds", "params", "per_arch", "per_dataset", "tuning"},
-    "evaluation": {"params"},
-}
-TUNING_KEYS = {"dataset", "version", "curriculum", "grid"}
+sys.path.insert(0, str(ROOT))
+import nbmodule  # noqa: E402  makes `speedup.<topic>` importable
+from speedup.method import (  # noqa: E402  the plan's one home: chapter 3
+    STAGES, NoGPUError, ProfileError, blocked_by, check_device, estimate_study,
+    failure_summary, parameter_defaults, parse_profile, study_status,
+)
+from speedup.method import expand_plan as expand_chapter_plan  # noqa: E402
+
+CHAPTERS = {stage: nbmodule.chapter_path(stage) for stage in STAGES}
 KERNEL = "python3"
 
 
-class ProfileError(ValueError):
-    """A profile that names an unknown key or gives a value of the wrong type."""
+def parameters_source(stage: str) -> str:
+    """The source of a chapter's ``parameters`` cell."""
+    nb = nbformat.read(CHAPTERS[stage], as_version=4)
+    return next(c.source for c in nb.cells if "parameters" in c.metadata.get("tags", []))
 
 
-def chapter_defaults(stage: str) -> dict:
-    """The chapter's parameters cell, as {name: default value}."""
-    spec = papermill.inspect_notebook(str(CHAPTERS[stage]))
-    return {name: ast.literal_eval(p["default"]) for name, p in spec.items()}
-
-
-def check_params(stage: str, params: dict, where: str, defaults: dict) -> None:
-    """Unknown names and wrong types fail here, naming the key and the file."""
-    for key, value in params.items():
-        if key not in defaults:
-            raise ProfileError(f"{where}: unknown parameter '{key}' for {stage}; "
-                               f"known: {sorted(defaults)}")
-        want = type(defaults[key])
-        ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
-        ok = ok or (want is float and isinstance(value, int) and not isinstance(value, bool))
-        if not ok:
-            raise ProfileError(f"{where}: parameter '{key}' must be {want.__name__}, "
-                               f"got {type(value).__name__} {value!r}")
-
-
-def check_keys(section: dict, allowed: set, where: str) -> None:
-    if not isinstance(section, dict):
-        raise ProfileError(f"{where}: expected a mapping, got {type(section).__name__}")
-    unknown = set(section) - allowed
-    if unknown:
-        raise ProfileError(f"{where}: unknown key(s) {sorted(unknown)}; "
-                           f"allowed: {sorted(allowed)}")
+def chapter_defaults() -> dict:
+    """Every stage's parameters, as {stage: {name: default}}."""
+    return {stage: parameter_defaults(parameters_source(stage)) for stage in STAGES}
 
 
 def load_profile(path: str | Path) -> dict:
@@ -85,87 +59,11 @@ def load_profile(path: str | Path) -> dict:
     if not path.exists():
         raise ProfileError(f"profile {path} does not exist; profiles: "
                            f"{sorted(p.name for p in (ROOT / 'params').glob('*.yaml'))}")
-    profile = yaml.safe_load(path.read_text())
-    check_keys(profile, PROFILE_KEYS, str(path))
-    for stage in STAGES:
-        if stage not in profile:
-            raise ProfileError(f"{path}: missing section '{stage}'")
-        check_keys(profile[stage], STAGE_KEYS[stage], f"{path}: {stage}")
-    profile["_path"] = str(path)
-    return profile
+    return parse_profile(path.read_text(), str(path))
 
 
-def expand_plan(profile: dict, output_dir: str, cache_dir: str) -> dict:
-    """Every job of the study, with its full parameters, in stage order."""
-    src = profile["_path"]
-    task = profile.get("task", "cv")
-    defaults = {s: chapter_defaults(s) for s in STAGES}
-    stages: dict[str, list] = {}
-
-    def job(stage, ident, params, where, **extra):
-        check_params(stage, params, f"{src}: {where}", defaults[stage])
-        full = {**defaults[stage], **params, "output_dir": output_dir}
-        if "task" in full:
-            full["task"] = task
-        if "cache_dir" in full:
-            full["cache_dir"] = cache_dir
-        return {"id": ident, "stage": stage, "params": full, **extra}
-
-    dp = profile["data_prep"]
-    sizes = {}
-    stages["data_prep"] = []
-    for ds in dp["datasets"]:
-        params = {**dp.get("params", {}), **dp.get("per_dataset", {}).get(ds, {}), "dataset": ds}
-        j = job("data_prep", f"data-{ds}", params, f"data_prep ({ds})")
-        sizes[ds] = list(j["params"]["sizes"])
-        stages["data_prep"].append(j)
-
-    arch = profile["architectures"].get("params", {})
-    stages["architectures"] = [job("architectures", "architectures",
-                                   {**arch, "datasets": list(dp["datasets"])}, "architectures")]
-
-    from speedup.method import run_id  # the chapter that names runs
-    m = profile["method"]
-    method: dict[str, dict] = {}
-
-    def add_run(params, where, main=False, varied=None):
-        j = job("method", "", params, where)
-        j["params"].pop("variants")  # a plan entry is one run; see papermill_jobs
-        j["id"] = j["params"]["run_name"] = run_id(j["params"])
-        old = method.setdefault(j["id"], {**j, "main": False, "varied": []})
-        old["main"] = old["main"] or main
-        if varied and varied not in old["varied"]:
-            old["varied"].append(varied)  # the default point belongs to every grid line
-
-    def run_params(arch_name, ds):
-        """Profile-wide settings, then the dataset's, then the architecture's."""
-        return {**m.get("params", {}), **m.get("per_dataset", {}).get(ds, {}),
-                **m.get("per_arch", {}).get(arch_name, {})}
-
-    for arch_name, ds, seed, cur in itertools.product(m["archs"], dp["datasets"],
-                                                      m.get("seeds", [0]), m["curricula"]):
-        for version in sizes[ds]:
-            params = {**run_params(arch_name, ds), "arch": arch_name, "dataset": ds,
-                      "version": version, "curriculum": cur, "seed": seed}
-            add_run(params, f"method ({arch_name}, {ds}, {version}, {cur})", main=True)
-    tuning = m.get("tuning")
-    if tuning:
-        check_keys(tuning, TUNING_KEYS, f"{src}: method.tuning")
-        for arch_name, (hp, values) in itertools.product(m["archs"], tuning["grid"].items()):
-            for value, seed in itertools.product(values, m.get("seeds", [0])):
-                params = {**run_params(arch_name, tuning["dataset"]),
-                          "arch": arch_name, "dataset": tuning["dataset"],
-                          "version": tuning["version"], "curriculum": tuning["curriculum"],
-                          "seed": seed, hp: value}
-                add_run(params, f"method.tuning ({arch_name}, {hp}={value})", varied=hp)
-    stages["method"] = list(method.values())
-
-    ev = profile["evaluation"].get("params", {})
-    stages["evaluation"] = [job("evaluation", "evaluation", ev, "evaluation")]
-    method_defaults = {**defaults["method"], **m.get("params", {})}
-    return {"task": task, "profile": profile.get("profile", Path(src).stem),
-            "label": profile.get("label", ""), "source": src,
-            "method_defaults": method_defaults, "stages": stages}
+def expand_plan(profile: dict, output_dir: str, cache_dir: str, seeds=None) -> dict:
+    return expand_chapter_plan(profile, chapter_defaults(), output_dir, cache_dir, seeds)
 
 
 def papermill_jobs(plan: dict, stage: str) -> list[dict]:
@@ -198,6 +96,15 @@ def _status_path(output_dir: Path, job: dict) -> Path:
     return output_dir / "batch" / f"{job['id']}.json"
 
 
+def _write_status(output_dir: Path, status: dict) -> dict:
+    path = _status_path(output_dir, status)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(status, indent=1))
+    tmp.replace(path)
+    return status
+
+
 def is_complete(output_dir: Path, job: dict) -> bool:
     path = _status_path(output_dir, job)
     if not path.exists():
@@ -223,38 +130,56 @@ def execute(job: dict, output_dir: str, threads: int) -> dict:
         status["status"] = "failed"
         status["error"] = "".join(traceback.format_exception_only(type(exc), exc))[-3000:]
     status["wall_s"] = round(time.time() - start, 2)
-    path = _status_path(Path(output_dir), job)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(status, indent=1))
-    return status
+    return _write_status(Path(output_dir), status)
 
 
-def run_plan(plan: dict, output_dir: str, workers: int, stages=STAGES) -> list[dict]:
-    """Execute the plan stage by stage; return the status of every job that ran."""
+def run_plan(plan: dict, output_dir: str, workers: int, stages=STAGES) -> dict:
+    """Execute the plan stage by stage; returns {job id: status} of every job, including
+    those completed before (``"before": True``) and those skipped for a failed input."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "plan.json").write_text(json.dumps(plan, indent=1))
     threads = max(1, (os.cpu_count() or 1) // workers)
-    ran = []
+    statuses: dict[str, dict] = {}
     for stage in stages:
-        jobs = papermill_jobs(plan, stage)
-        # Evaluation is cheap and reads everything: always redo it.
-        todo = [j for j in jobs if stage == "evaluation" or not is_complete(out, j)]
-        skipped = len(jobs) - len(todo)
-        desc = f"{stage} ({skipped} done before)" if skipped else stage
+        todo, done_before = [], 0
+        for job in papermill_jobs(plan, stage):
+            # Evaluation is cheap and reads everything: always redo it.
+            if stage != "evaluation" and is_complete(out, job):
+                statuses[job["id"]] = {"status": "complete", "before": True}
+                done_before += 1
+                continue
+            reason = blocked_by(job, plan, statuses, out)
+            if reason:
+                statuses[job["id"]] = _write_status(out, {
+                    "id": job["id"], "stage": stage, "params": job["params"],
+                    "status": "skipped", "reason": reason})
+                tqdm.write(f"  SKIP {job['id']}: {reason}")
+                continue
+            todo.append(job)
+        desc = f"{stage} ({done_before} done before)" if done_before else stage
         with cf.ProcessPoolExecutor(max_workers=max(1, min(workers, len(todo) or 1))) as pool, \
                 tqdm(total=len(todo), desc=desc, unit="job") as bar:
             futures = [pool.submit(execute, j, output_dir, threads) for j in todo]
             for fut in cf.as_completed(futures):
                 status = fut.result()
-                ran.append(status)
+                statuses[status["id"]] = status
                 mark = "ok  " if status["status"] == "complete" else "FAIL"
                 bar.write(f"  {mark} {status['id']}  {status['wall_s']:.1f}s"
                           + ("" if status["status"] == "complete"
                              else f"\n       {status['error'].strip().splitlines()[-1]}"
                                   f"\n       see {status['notebook']}"))
                 bar.update()
-    return ran
+    return statuses
+
+
+def print_estimate(plan: dict, output_dir: str, tflops: float | None) -> None:
+    table = estimate_study(plan, output_dir, tflops * 1e12 if tflops else None)
+    by = table.groupby(["dataset", "version"], sort=False).hours.sum()
+    print(by.round(2).to_string())
+    speed = f"{tflops:g} TFLOP/s (assumed)" if tflops else "speeds measured on this machine"
+    print(f"{len(table)} training runs, {table.train_pflops.sum():.1f} PFLOP of training, "
+          f"{table.hours.sum():.1f} h at {speed}")
 
 
 def main(argv=None) -> int:
@@ -264,14 +189,19 @@ def main(argv=None) -> int:
     ap.add_argument("--cache-dir", default="_cache")
     ap.add_argument("--workers", type=int, default=None,
                     help="parallel jobs (default: the profile's 'workers', else 1)")
-    ap.add_argument("--stages", nargs="+", choices=STAGES, default=STAGES)
+    ap.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    ap.add_argument("--seeds", nargs="+", type=int, help="replace the profile's seeds")
+    ap.add_argument("--allow-cpu", action="store_true",
+                    help="run a profile that requires a GPU on a machine without one")
     ap.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    ap.add_argument("--estimate", action="store_true",
+                    help="print the work and time of every run and exit")
+    ap.add_argument("--tflops", type=float, help="with --estimate: assume this speed")
+    ap.add_argument("--status", action="store_true", help="print runs done and time left")
     args = ap.parse_args(argv)
-    sys.path.insert(0, str(ROOT))
-    import nbmodule  # noqa: F401  makes `speedup.<topic>` importable
     try:
         profile = load_profile(args.profile)
-        plan = expand_plan(profile, args.output_dir, args.cache_dir)
+        plan = expand_plan(profile, args.output_dir, args.cache_dir, args.seeds)
     except ProfileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -280,15 +210,31 @@ def main(argv=None) -> int:
     if args.dry_run:
         print(json.dumps(plan, indent=1))
         return 0
+    if args.estimate:
+        print_estimate(plan, args.output_dir, args.tflops)
+        return 0
+    if args.status:
+        print(study_status(plan, args.output_dir))
+        return 0
+    try:
+        check_device(plan, args.allow_cpu)
+    except NoGPUError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     workers = args.workers or profile.get("workers", 1)
     start = time.time()
-    ran = run_plan(plan, args.output_dir, workers, args.stages)
-    failed = [s for s in ran if s["status"] != "complete"]
-    print(f"batch: {len(ran)} jobs run, {len(failed)} failed, {time.time() - start:.0f}s; "
-          f"outputs in {args.output_dir}/")
-    for s in failed:
-        print(f"  failed: {s['id']} -> {s['notebook']}", file=sys.stderr)
-    return 1 if failed else 0
+    statuses = run_plan(plan, args.output_dir, workers, args.stages)
+    ran = [s for s in statuses.values() if s["status"] in ("complete", "failed")
+           and not s.get("before")]
+    bad = {k: s for k, s in statuses.items() if s["status"] != "complete"}
+    failed = sum(s["status"] == "failed" for s in bad.values())
+    print(f"batch: {len(ran)} jobs run, {failed} failed, {len(bad) - failed} skipped, "
+          f"{time.time() - start:.0f}s; outputs in {args.output_dir}/")
+    if bad:
+        print(f"{len(bad)} of {len(statuses)} jobs did not complete (the others' outputs "
+              f"are saved; a rerun retries these):\n{failure_summary(statuses)}",
+              file=sys.stderr)
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 import run_batch
+from speedup.method import estimate_study, study_status
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,7 +72,9 @@ TINY = {
     "workers": 2,
     "data_prep": {"datasets": ["caltech256", "voc2012"],
                   "params": {"source": "sample", "sizes": {"60KB": 60000, "120KB": 120000},
-                             "short_sides": {"60KB": 24, "120KB": 24}}},
+                             "short_sides": {"60KB": 24, "120KB": 24}},
+                  # VOC's source is missing: its data job fails, its runs must not start
+                  "per_dataset": {"voc2012": {"source": "/no/such/VOCtrainval.tar"}}},
     "architectures": {"params": {"archs": ["resnet18"], "width": 8, "input_sizes": [12, 24]}},
     "method": {"archs": ["resnet18"], "curricula": ["none", "progressive"], "seeds": [0],
                "params": {"width": 8, "epochs": 2, "batch_size": 32},
@@ -81,40 +84,82 @@ TINY = {
 }
 
 
-def test_batch_runs_every_chapter_records_failures_and_resumes(tmp_path, capsys):
+def test_batch_runs_every_chapter_skips_what_failed_inputs_block_and_resumes(tmp_path,
+                                                                           capsys):
     path = _write(tmp_path, TINY)
     out, cache = tmp_path / "out", tmp_path / "cache"
     args = [str(path), "--output-dir", str(out), "--cache-dir", str(cache)]
-    # The grid's version does not exist: that job fails, the rest of the batch goes on.
+    # VOC's data job fails: the jobs that read its versions (the architecture table, VOC's
+    # runs) are skipped, not started; the grid's version does not exist: that run fails.
+    # Caltech's runs and the evaluation go on, and the batch ends red with a summary.
     assert run_batch.main(args) == 1
+    printed = capsys.readouterr()
     plan = json.loads((out / "plan.json").read_text())
     status = {p.stem: json.loads(p.read_text()) for p in (out / "batch").glob("*.json")}
-    failed = {k for k, s in status.items() if s["status"] == "failed"}
-    assert failed == {"tuning-resnet18-caltech256-no-such-version-s0"}
-    assert "no-such-version" in status[failed.pop()]["error"]
-    main_ids = [j["id"] for j in plan["stages"]["method"] if j["main"]]
-    assert len(main_ids) == 2 * 2 * 2
-    for run in main_ids:
+    by = {k: {j for j, s in status.items() if s["status"] == k}
+          for k in ("complete", "failed", "skipped")}
+    assert by["failed"] == {"data-voc2012", "tuning-resnet18-caltech256-no-such-version-s0"}
+    assert by["skipped"] == {"architectures", "resnet18-voc2012-60KB-s0",
+                             "resnet18-voc2012-120KB-s0"}
+    assert all(status[j]["reason"] == "upstream job data-voc2012 failed"
+               for j in by["skipped"])
+    assert "no-such-version" in status["tuning-resnet18-caltech256-no-such-version-s0"]["error"]
+    assert "/no/such/VOCtrainval.tar" in status["data-voc2012"]["error"]
+    assert not (out / "notebooks" / "method" / "resnet18-voc2012-60KB-s0.ipynb").exists()
+    assert "2 failed, 3 skipped" in printed.out
+    assert "skipped architectures: upstream job data-voc2012 failed" in printed.err
+    caltech = [j["id"] for j in plan["stages"]["method"]
+               if j["main"] and j["params"]["dataset"] == "caltech256"]
+    assert len(caltech) == 2 * 2
+    for run in caltech:
         result = json.loads((out / "results" / f"{run}.json").read_text())
         assert result["status"] == "complete" and len(result["history"]) == 2
+        assert result["environment"]["precision"] == "fp32"  # auto on a CPU
+        assert not (out / "checkpoints" / f"{run}.pt").exists()  # done: no checkpoint left
     # one executed notebook per model x dataset x size case, holding its runs side by side
     cases = sorted((out / "notebooks" / "method").glob("resnet18-*.ipynb"))
-    assert len(cases) == 2 * 2
+    assert len(cases) == 2
     runs = [v["run_name"] for nb in cases for v in
             json.loads(nb.read_text())["metadata"]["papermill"]["parameters"]["variants"]]
-    assert sorted(runs) == sorted(main_ids)
+    assert sorted(runs) == sorted(caltech)
     for name in ["final_performance.png", "time_to_target.png", "schedule.png"]:
         assert (out / "figures" / name).stat().st_size > 10_000
     assert "sample data" in (out / "tables" / "speedup.md").read_text()
-    assert (out / "tables" / "architectures.md").exists()
     before = {p: p.stat().st_mtime for p in (out / "results").glob("*-s0-*.json")}
-    capsys.readouterr()
 
-    # Re-running skips everything that completed; only the failed job and evaluation rerun.
+    # The status and time estimate: speeds measured here, on the CPU.
+    table = estimate_study(plan, out)
+    assert len(table) == len(plan["stages"]["method"])
+    assert (table.hours.dropna() > 0).all() and table.hours.isna().sum() == 1  # the bad grid run
+    progressive = table[table.curriculum == "progressive"].train_pflops.sum()
+    assert progressive < table[table.curriculum == "none"].train_pflops.sum()
+    assert study_status(plan, out).startswith(f"4 of {len(table)} training runs done")
+
+    # Re-running skips everything that completed; the failed jobs, the ones they block
+    # and the evaluation are tried again.
     assert run_batch.main(args) == 1
-    printed = capsys.readouterr().out
-    assert "2 jobs run, 1 failed" in printed
+    assert "3 jobs run, 2 failed, 3 skipped" in capsys.readouterr().out
     assert before == {p: p.stat().st_mtime for p in (out / "results").glob("*-s0-*.json")}
+
+
+def test_a_gpu_profile_stops_at_once_without_cuda(tmp_path, capsys):
+    for name in ("cv-full", "nlp-full", "cv-colab", "nlp-colab"):
+        plan = run_batch.expand_plan(run_batch.load_profile(ROOT / "params" / f"{name}.yaml"),
+                                     "_output", "_cache")
+        assert plan["requires_gpu"], name
+    out = tmp_path / "out"
+    assert run_batch.main([str(ROOT / "params" / "cv-full.yaml"), "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "needs a CUDA GPU" in err and "--allow-cpu" in err and "'full'" in err
+    assert not out.exists()  # nothing started, nothing written
+
+
+def test_seeds_replace_the_profiles(tmp_path):
+    profile = run_batch.load_profile(ROOT / "params" / "cv-demo.yaml")
+    plan = run_batch.expand_plan(profile, "_output", "_cache", seeds=[3, 4])
+    assert {j["params"]["seed"] for j in plan["stages"]["method"]} == {3, 4}
+    main = [j for j in plan["stages"]["method"] if j["main"]]
+    assert len(main) == 2 * 2 * 3 * 3 * 2
 
 
 TINY_NLP = {

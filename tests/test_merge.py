@@ -55,7 +55,7 @@ def test_merged_notebook_holds_each_definition_once():
     markers = {nbmodule.cell_marker(c) for c in merged.cells}
     assert nbmodule.PER_RUN not in markers and nbmodule.CHAPTER_IMPORT not in markers
     loops = [c.source for c in merged.cells if c.id.endswith("-run")]
-    assert len(loops) == 4 and all("run_jobs(" in s for s in loops)
+    assert len(loops) == 4 and all("run_stage(PLAN" in s for s in loops)
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)

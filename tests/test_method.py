@@ -132,12 +132,14 @@ def test_run_id_is_stable_and_changes_with_any_setting():
 
 
 @pytest.mark.parametrize("key,value", [("curriculum", "random"), ("start_scale", 0),
-                                       ("ramp_fraction", 1.5), ("epochs", 0), ("lr", -1)])
+                                       ("ramp_fraction", 1.5), ("epochs", 0), ("lr", -1),
+                                       ("precision", "fp8"), ("checkpoint_every_s", -1)])
 def test_bad_training_parameters_are_named(key, value):
     p = {"task": "cv", "curriculum": "progressive", "start_scale": .5,
          "start_competence": .25, "delay_fraction": .2, "ramp_fraction": .5,
          "competence_fraction": .5, "epochs": 2, "batch_size": 8, "size_step": 4, "width": 8,
          "lr": .1, "optimizer": "sgd", "preset": "micro", "mlm_probability": .15,
-         "seq_length": 64, "start_length": 8, "length_step": 8, "vocab_size": 100}
+         "seq_length": 64, "start_length": 8, "length_step": 8, "vocab_size": 100,
+         "precision": "auto", "checkpoint_every_s": 0.0}
     with pytest.raises(ValueError, match=f"'{key}'"):
         check_training_params(p | {key: value})

@@ -306,5 +306,15 @@ def test_merged_notebook_reports_no_failures(demo_notebook_run):
               if o.output_type == "error"]
     assert not errors
     last = nb.cells[-1]
-    assert last.id == "gen-failures"
-    assert "failed jobs: none" in "".join(o.get("text", "") for o in last.outputs)
+    assert last.id == "gen-finish"
+    plan = json.loads((demo_notebook_run / "_output" / "plan.json").read_text())
+    jobs = sum(len(jobs) for jobs in plan["stages"].values())
+    assert f"all {jobs} jobs complete" in "".join(o.get("text", "") for o in last.outputs)
+    # before training it printed the estimated time, measured on this CPU, and the status
+    estimate = next(c for c in nb.cells if c.id == "gen-estimate")
+    printed = "".join(o.get("text", "") for o in estimate.outputs)
+    assert "h of training in all" in printed and "0 of " in printed
+    status = next(c for c in nb.cells if c.id == "gen-status")
+    runs = len(plan["stages"]["method"])
+    assert f"{runs} of {runs} training runs done" in "".join(o.get("text", "")
+                                                              for o in status.outputs)

@@ -194,7 +194,8 @@ def _nlp_params(root, **changes):
         start_competence=0.25, competence_fraction=0.5, vocab_size=300,
         pretrained_tokenizer=False, mlm_probability=0.15, optimizer="adamw", epochs=2,
         batch_size=16, lr=3e-3, momentum=0.9, weight_decay=0.01, label_smoothing=0.0,
-        seed=0, num_threads=1, output_dir=root, run_name="")
+        seed=0, precision="auto", num_threads=1, checkpoint_every_s=0.0, output_dir=root,
+        run_name="")
     return {**params, **changes}
 
 

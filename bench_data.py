@@ -174,7 +174,10 @@ def render(r):
     for v, m in r["versions"].items():
         lines.append(f"| {v} | {m['bytes']:,} | {m['budget_bytes']:,} "
                      f"| {m['n_images']['total']:,} | {m['tv_distance']:.4f} |")
-    lines += ["", "Target: >= 300 source images per second per core.", ""]
+    lines += ["", "Target: >= 300 source images per second per core.", "",
+              "The text datasets' data stage (peak memory while building the 1 / 10 / 100 MB "
+              "versions from a 1.2 GB BookCorpus-format corpus and a full-size Yahoo CSV): "
+              "`BENCHMARKS-text-data.md` (`make bench-text-data`).", ""]
     return "\n".join(lines)
 
 

@@ -44,16 +44,12 @@ KILL_AFTER = 2
 
 
 def _params(out, **changes):
-    params = dict(
-        task="cv", dataset="caltech256", version="40KB", arch="vgg11_bn", width=8,
-        preset="micro", curriculum="difficulty", start_scale=0.5, delay_fraction=0.2,
-        ramp_fraction=0.5, size_step=4, seq_length=32, start_length=8, length_step=8,
-        start_competence=0.25, competence_fraction=0.5, vocab_size=300,
-        pretrained_tokenizer=False, mlm_probability=0.15, optimizer="sgd", epochs=4,
-        batch_size=32, lr=0.05, momentum=0.9, weight_decay=5e-4, label_smoothing=0.0, seed=0,
-        precision="auto", num_threads=1, checkpoint_every_s=0.0, output_dir=str(out),
-        run_name="")
-    return {**params, **changes}
+    """The method chapter's own defaults, with a tiny run's settings."""
+    params = {k: v for k, v in run_batch.chapter_defaults()["method"].items()
+              if k != "variants"}
+    return {**params, "dataset": "caltech256", "version": "40KB", "arch": "vgg11_bn",
+            "width": 8, "curriculum": "difficulty", "epochs": 4, "batch_size": 32,
+            "num_threads": 1, "checkpoint_every_s": 0.0, "output_dir": str(out), **changes}
 
 
 @pytest.fixture(scope="module")

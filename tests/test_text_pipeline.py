@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+import run_batch
 import speedup.data_prep as data_prep
 from speedup.data_prep import load_text_version, train_tokenizer, version_tokenizer
 from speedup.method import sequence_length, split_to_length
@@ -187,16 +188,13 @@ def test_fit_text_learns_and_warms_up_the_sequence_length(yahoo, books, dataset,
 
 
 def _nlp_params(root, **changes):
-    params = dict(
-        task="nlp", dataset="bookcorpus", version="60KB", arch="gpt1", width=16,
-        preset="micro", curriculum="progressive", start_scale=0.5, delay_fraction=0.2,
-        ramp_fraction=0.5, size_step=4, seq_length=32, start_length=8, length_step=8,
-        start_competence=0.25, competence_fraction=0.5, vocab_size=300,
-        pretrained_tokenizer=False, mlm_probability=0.15, optimizer="adamw", epochs=2,
-        batch_size=16, lr=3e-3, momentum=0.9, weight_decay=0.01, label_smoothing=0.0,
-        seed=0, precision="auto", num_threads=1, checkpoint_every_s=0.0, output_dir=root,
-        run_name="")
-    return {**params, **changes}
+    """The method chapter's own defaults, with a tiny text run's settings."""
+    params = {k: v for k, v in run_batch.chapter_defaults()["method"].items()
+              if k != "variants"}
+    return {**params, "task": "nlp", "dataset": "bookcorpus", "version": "60KB",
+            "arch": "gpt1", "seq_length": 32, "vocab_size": 300, "optimizer": "adamw",
+            "epochs": 2, "batch_size": 16, "lr": 3e-3, "weight_decay": 0.01, "num_threads": 1,
+            "checkpoint_every_s": 0.0, "output_dir": root, **changes}
 
 
 def test_run_training_saves_a_text_run_and_resumes(books, capsys):

@@ -682,3 +682,21 @@ def test_data_chapter_runs_on_the_text_samples_through_papermill(dataset, tmp_pa
                                "manifest.json").read_text())
         assert 0.98 * manifest["budget_bytes"] <= manifest["bytes"] <= manifest["budget_bytes"]
         assert manifest["source"] == "sample"
+
+
+def test_built_versions_are_reused_without_fetching_the_source_again(tmp_path, capsys):
+    """A new Colab session with its versions on Drive lost the raw archive with the VM."""
+    args = ("caltech256", "sample", {"a": 30_000}, {"a": 24}, 85, FRACTIONS, False, 0,
+            tmp_path / "out")
+    first = prepare_dataset(*args, tmp_path / "cache", show=False)
+    capsys.readouterr()
+    again = prepare_dataset(*args, tmp_path / "new-vm", show=False)
+    assert again == first and not (tmp_path / "new-vm").exists()   # nothing fetched
+    assert "reusing them without fetching" in capsys.readouterr().out
+    changed = list(args)
+    changed[4] = 75                                                 # another JPEG quality
+    rebuilt = prepare_dataset(*changed, tmp_path / "new-vm", show=False)
+    assert rebuilt["a"]["jpeg_quality"] == 75 and (tmp_path / "new-vm").exists()
+    (tmp_path / "out/data/caltech256/a" / rebuilt["a"]["items"][0]["file"]).unlink()
+    prepare_dataset(*changed, tmp_path / "new-vm", show=False)      # a file gone: rebuilt
+    assert "reusing" not in capsys.readouterr().out

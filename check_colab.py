@@ -124,9 +124,9 @@ def run_task(notebook: Path, task: str) -> tuple[float, list[str]]:
                 print(f"  warning in cell {cell.get('id')}:",
                       *sorted({line.strip() for line in text.splitlines()
                                if "Warning" in line}), sep="\n    ")
-    if "failed jobs: none" not in "".join("".join(o.get("text", ""))
-                                          for o in nb["cells"][-1].get("outputs", [])):
-        problems.append("the last cell does not say 'failed jobs: none'")
+    last = "".join("".join(o.get("text", "")) for o in nb["cells"][-1].get("outputs", []))
+    if not re.search(r"all \d+ jobs complete|failed jobs: none", last):  # new | old merge
+        problems.append(f"the last cell does not say all jobs completed: {last.strip()!r}")
     out = work / params.get("output_dir", "_output")
     plan = json.loads((out / "plan.json").read_text()) if (out / "plan.json").exists() else {}
     for run in plan.get("stages", {}).get("method", []):

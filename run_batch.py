@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 import nbmodule  # noqa: E402  makes `speedup.<topic>` importable
 from speedup.method import (  # noqa: E402  the plan's one home: chapter 3
     STAGES, NoGPUError, ProfileError, blocked_by, check_device, estimate_study,
-    failure_summary, parameter_defaults, parse_profile, study_status,
+    failure_summary, parameter_defaults, parse_profile, study_status, write_json,
 )
 from speedup.method import expand_plan as expand_chapter_plan  # noqa: E402
 
@@ -97,11 +97,7 @@ def _status_path(output_dir: Path, job: dict) -> Path:
 
 
 def _write_status(output_dir: Path, status: dict) -> dict:
-    path = _status_path(output_dir, status)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(status, indent=1))
-    tmp.replace(path)
+    write_json(_status_path(output_dir, status), status)
     return status
 
 
@@ -138,7 +134,7 @@ def run_plan(plan: dict, output_dir: str, workers: int, stages=STAGES) -> dict:
     those completed before (``"before": True``) and those skipped for a failed input."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "plan.json").write_text(json.dumps(plan, indent=1))
+    write_json(out / "plan.json", plan)
     threads = max(1, (os.cpu_count() or 1) // workers)
     statuses: dict[str, dict] = {}
     for stage in stages:

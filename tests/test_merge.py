@@ -68,3 +68,26 @@ def test_papermill_reads_every_parameter(path):
     assigned = [t.id for node in ast.parse(cell.source).body if isinstance(node, ast.Assign)
                 for t in node.targets]
     assert list(papermill.inspect_notebook(str(path))) == assigned
+
+
+def test_no_cell_of_the_merged_notebook_rebinds_a_definition():
+    """The merged notebook is one namespace: a demo's `_counts = {...}` would replace a
+    chapter's `_counts` function for every cell after it."""
+    import ast
+    merged = nbformat.read(ROOT / "speedup.ipynb", as_version=4)
+    exported, clashes = set(), []
+    for cell in merged.cells:
+        if cell.cell_type != "code":
+            continue
+        names = set()
+        for node in ast.parse(cell.source).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, ast.Assign):
+                names |= {n.id for t in node.targets for n in ast.walk(t)
+                          if isinstance(n, ast.Name)}
+        if nbmodule.cell_marker(cell) == nbmodule.EXPORT:
+            exported |= names
+        else:
+            clashes += [(cell.id, n) for n in names & exported]
+    assert not clashes

@@ -81,7 +81,9 @@ def papermill_jobs(plan: dict, stage: str) -> list[dict]:
     for run in plan["stages"][stage]:
         p = run["params"]
         case = f"{p['arch']}-{p['dataset']}-{p['version']}-s{p['seed']}"
-        groups.setdefault(case if run["main"] else f"tuning-{case}", []).append(run)
+        # a case's arms and the baseline's budgets run side by side; grid runs apart
+        in_case = run["main"] or run.get("frontier")
+        groups.setdefault(case if in_case else f"tuning-{case}", []).append(run)
     jobs = []
     for ident, runs in groups.items():
         base = runs[0]["params"]
@@ -135,7 +137,13 @@ def run_plan(plan: dict, output_dir: str, workers: int, stages=STAGES) -> dict:
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "plan.json", plan)
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    # timing runs never share a core: workers x threads <= cores
+    cores = os.cpu_count() or 1
+    if workers > cores:
+        tqdm.write(f"--workers {workers} > {cores} cores: using {cores}, so that no two "
+                   "timed runs share a core")
+        workers = cores
+    threads = max(1, cores // workers)
     statuses: dict[str, dict] = {}
     for stage in stages:
         todo, done_before = [], 0

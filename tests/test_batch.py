@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 import run_batch
-from speedup.method import estimate_study, study_status
+from speedup.method import ProfileError, estimate_study, study_status
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,27 +44,51 @@ def test_missing_profile_lists_the_known_ones(tmp_path):
         run_batch.load_profile(tmp_path / "nope.yaml")
 
 
-@pytest.mark.parametrize("task,grid_params,datasets", [
-    ("cv", {"start_scale", "ramp_fraction"}, ["caltech256", "voc2012"]),
-    ("nlp", {"start_length", "ramp_fraction"}, ["yahoo_answers", "bookcorpus"]),
+@pytest.mark.parametrize("task,small,datasets", [
+    ("cv", "100KB", ["caltech256", "voc2012"]),
+    ("nlp", "60KB", ["yahoo_answers", "bookcorpus"]),
 ])
-def test_demo_plan_covers_every_combination_and_the_grid(task, grid_params, datasets):
+def test_demo_plan_covers_every_combination_budget_and_grid(task, small, datasets):
     plan = run_batch.expand_plan(run_batch.load_profile(ROOT / "params" / f"{task}-demo.yaml"),
                                  "_output", "_cache")
     assert plan["task"] == task
     method = plan["stages"]["method"]
     main = [j for j in method if j["main"]]
-    assert len(main) == 2 * 2 * 3 * 3  # archs x datasets x sizes x curricula
+    # archs x datasets x arms x (3 seeds on the smallest version + 1 on the two others)
+    assert len(main) == 2 * 2 * 3 * (3 + 1 + 1)
     assert all(j["params"]["task"] == task for j in method)
     assert len({j["id"] for j in method}) == len(method)
+    frontier = [j for j in method if j["frontier"]]
+    assert len(frontier) == 2 * 2 * 2 * (3 + 1 + 1)  # two reduced budgets of each baseline
+    assert {(j["params"]["curriculum"], j["params"]["budget"]) for j in frontier} == {
+        ("none", 0.5), ("none", 0.75)}
+    # every arm is tuned with the same number of trials, the default point included
+    assert plan["tuning_trials"] == {"none": 3, "progressive": 3, "difficulty": 3}
     grid = [j for j in method if j["varied"]]
-    assert {v for j in grid for v in j["varied"]} == grid_params
-    # the grid point at the defaults is the main run itself, trained once for both lines
-    assert len(grid) == 2 * (3 + 3 - 1)
-    assert sum(len(j["varied"]) for j in grid) == 2 * (3 + 3)
-    assert len(method) == len(main) + len(grid) - 2
+    assert len(grid) == 2 * 3 * 3 and sum(j["main"] for j in grid) == 2 * 3
+    assert len(method) == len(main) + len(frontier) + len(grid) - 2 * 3
     assert all(j["params"]["run_name"] == j["id"] for j in method)
     assert plan["stages"]["architectures"][0]["params"]["datasets"] == datasets
+    # the arms' order in a case is rotated by seed: no arm always trains first
+    first = {j["params"]["seed"]: j["params"]["curriculum"] for j in reversed(main)
+             if j["params"]["version"] == small and j["params"]["arch"] == main[0]["params"]["arch"]
+             and j["params"]["dataset"] == datasets[0]}
+    assert sorted(first.values()) == ["difficulty", "none", "progressive"]
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda m: m["tuning"]["grids"]["none"].update(lr=[0.1]), "unequal tuning effort"),
+    (lambda m: m["tuning"]["grids"].pop("difficulty"), "no grid for arm 'difficulty'"),
+    (lambda m: m["tuning"]["grids"]["none"].update(start_scale=[0.3]),
+     "'start_scale' is not a setting arm 'none' reads"),
+    (lambda m: m.update(budgets=[0.5, 2]), "method.budgets: 2 is not a fraction"),
+    (lambda m: m.update(curricula=["none", "shuffled"]), "unknown arm 'shuffled'"),
+])
+def test_unfair_or_unknown_designs_fail_naming_the_key(tmp_path, edit, message):
+    profile = yaml.safe_load((ROOT / "params" / "cv-demo.yaml").read_text())
+    edit(profile["method"])
+    with pytest.raises(ProfileError, match=message):
+        run_batch.expand_plan(run_batch.load_profile(_write(tmp_path, profile)), "o", "c")
 
 
 TINY = {
@@ -77,9 +101,11 @@ TINY = {
                   "per_dataset": {"voc2012": {"source": "/no/such/VOCtrainval.tar"}}},
     "architectures": {"params": {"archs": ["resnet18"], "width": 8, "input_sizes": [12, 24]}},
     "method": {"archs": ["resnet18"], "curricula": ["none", "progressive"], "seeds": [0],
-               "params": {"width": 8, "epochs": 2, "batch_size": 32},
+               "budgets": [0.5],
+               "params": {"width": 8, "epochs": 2, "batch_size": 32, "eval_points": 2},
                "tuning": {"dataset": "caltech256", "version": "no-such-version",
-                          "curriculum": "progressive", "grid": {"start_scale": [0.75]}}},
+                          "grids": {"none": {"lr": [0.1]},
+                                    "progressive": {"start_scale": [0.75]}}}},
     "evaluation": {"params": {"target_fraction": 0.9}},
 }
 
@@ -109,11 +135,12 @@ def test_batch_runs_every_chapter_skips_what_failed_inputs_block_and_resumes(tmp
     assert "2 failed, 3 skipped" in printed.out
     assert "skipped architectures: upstream job data-voc2012 failed" in printed.err
     caltech = [j["id"] for j in plan["stages"]["method"]
-               if j["main"] and j["params"]["dataset"] == "caltech256"]
-    assert len(caltech) == 2 * 2
+               if (j["main"] or j["frontier"]) and j["params"]["dataset"] == "caltech256"]
+    assert len(caltech) == 2 * (2 + 1)  # sizes x (arms + the half-budget baseline)
     for run in caltech:
         result = json.loads((out / "results" / f"{run}.json").read_text())
-        assert result["status"] == "complete" and len(result["history"]) == 2
+        assert result["status"] == "complete"
+        assert len(result["history"]) == (1 if result["params"]["budget"] < 1 else 2)
         assert result["environment"]["precision"] == "fp32"  # auto on a CPU
         assert not (out / "checkpoints" / f"{run}.pt").exists()  # done: no checkpoint left
     # one executed notebook per model x dataset x size case, holding its runs side by side
@@ -130,10 +157,10 @@ def test_batch_runs_every_chapter_skips_what_failed_inputs_block_and_resumes(tmp
     # The status and time estimate: speeds measured here, on the CPU.
     table = estimate_study(plan, out)
     assert len(table) == len(plan["stages"]["method"])
-    assert (table.hours.dropna() > 0).all() and table.hours.isna().sum() == 1  # the bad grid run
+    assert (table.hours.dropna() > 0).all() and table.hours.isna().sum() == 2  # bad grid runs
     progressive = table[table.curriculum == "progressive"].train_pflops.sum()
     assert progressive < table[table.curriculum == "none"].train_pflops.sum()
-    assert study_status(plan, out).startswith(f"4 of {len(table)} training runs done")
+    assert study_status(plan, out).startswith(f"6 of {len(table)} training runs done")
 
     # Re-running skips everything that completed; the failed jobs, the ones they block
     # and the evaluation are tried again.
@@ -175,7 +202,8 @@ TINY_NLP = {
                           "vocab_size": 300, "optimizer": "adamw", "epochs": 2,
                           "batch_size": 16, "lr": 0.003, "weight_decay": 0.01},
                "tuning": {"dataset": "bookcorpus", "version": "40KB",
-                          "curriculum": "progressive", "grid": {"start_length": [16]}}},
+                          "grids": {"none": {"lr": [0.001]}, "progressive": {"start_length": [16]},
+                                    "difficulty": {"start_competence": [0.5]}}}},
     "evaluation": {"params": {"target_fraction": 0.95}},
 }
 

@@ -1,5 +1,7 @@
 """Unit tests of chapter 3's definitions: schedules, metrics, scoring, the loop."""
+import dataclasses
 import math
+import time
 from types import SimpleNamespace as NS
 
 import numpy as np
@@ -7,9 +9,14 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, f1_score
 
-from speedup.method import (CURRICULA, RESULT_KEYS, Curriculum, channel_stats,
-                            check_training_params, classification_metrics, competence,
-                            difficulty_scores, fit, progressive_size, run_id)
+import run_batch
+from speedup.method import (ARMS, RESULT_KEYS, RunConfig, arm_of, channel_stats,
+                            classification_metrics, competence, difficulty_scores, fit,
+                            parameter_defaults, progressive_size, run_id, train_loop)
+
+# The chapter's parameters cell: a run's settings as the batch passes them (minus variants).
+DEFAULTS = {k: v for k, v in parameter_defaults(run_batch.parameters_source("method")).items()
+            if k != "variants"}
 
 
 @pytest.mark.parametrize("start_scale,delay,ramp", [(0.5, 0.2, 0.5), (0.25, 0.0, 1.0),
@@ -38,8 +45,10 @@ def test_competence_matches_platanios_root_schedule():
     assert competence(0.9, 0.25, 0.5) == 1.0
 
 
-def test_curriculum_hooks_only_change_their_own_axis():
-    base, prog, diff = (Curriculum(k, 32) for k in CURRICULA)
+def test_arm_hooks_only_change_their_own_axis():
+    settings = DEFAULTS | {"start_scale": 0.5, "start_competence": 0.25}
+    base, prog, diff = (arm_of(settings | {"curriculum": k}, 32)
+                        for k in ("none", "progressive", "difficulty"))
     assert base.size(0) == 32 and base.pool(0, 100) == 100
     assert prog.size(0) == 16 and prog.pool(0, 100) == 100
     assert diff.size(0) == 32 and diff.pool(0, 100) == 25 and diff.pool(1, 100) == 100
@@ -97,9 +106,9 @@ def _toy_data(n, multi=False):
     return NS(images=x, targets=y, mask=None)
 
 
-@pytest.mark.parametrize("kind", CURRICULA)
+@pytest.mark.parametrize("kind", ["none", "progressive", "difficulty"])
 @pytest.mark.parametrize("multi", [False, True])
-def test_fit_learns_and_records_each_epoch(kind, multi):
+def test_fit_learns_and_records_each_validation_pass(kind, multi):
     torch.set_num_threads(1)
     from speedup.architectures import build_model
     data = NS(train=_toy_data(192, multi), val=_toy_data(48, multi), multi_label=multi)
@@ -107,10 +116,19 @@ def test_fit_learns_and_records_each_epoch(kind, multi):
     dev = torch.device("cpu")
     mean, std = channel_stats(data.train.images, dev)
     order = np.arange(192) if kind == "difficulty" else None
-    hist = fit(net, data, Curriculum(kind, 16, start_scale=0.5), epochs=3, batch_size=32,
-               lr=0.05, momentum=0.9, weight_decay=0, label_smoothing=0, seed=0, device=dev,
-               mean=mean, std=std, order=order, clock_start=1.5)
-    assert [h["epoch"] for h in hist] == [1, 2, 3]
+    arm = arm_of(DEFAULTS | {"curriculum": kind, "start_scale": 0.5}, 16)
+    hist = fit(net, data, arm, epochs=3, batch_size=32, lr=0.05, momentum=0.9,
+               weight_decay=0, label_smoothing=0, seed=0, device=dev, mean=mean, std=std,
+               order=order, clock_start=1.5, eval_points=6, work=lambda size: size ** 2)
+    # 6 steps per epoch, 18 in all: a validation pass every 3 steps, whatever the arm
+    assert [h["step"] for h in hist] == [3, 6, 9, 12, 15, 18]
+    assert [h["epoch"] for h in hist] == [0.5, 1, 1.5, 2, 2.5, 3]
+    flops = [h["train_flops"] for h in hist]
+    assert all(b > a for a, b in zip(flops, flops[1:]))
+    if kind == "progressive":  # smaller inputs early: less work than 3 x 16^2 per example
+        assert flops[-1] < 3 * 16 ** 2 * 192 * 3
+    else:
+        assert flops[-1] == 3 * 16 ** 2 * 192 * 3
     assert hist[0]["train_time_s"] > 1.5  # the scoring time is charged up front
     assert all(b["train_time_s"] > a["train_time_s"] for a, b in zip(hist, hist[1:]))
     assert hist[-1]["train_loss"] < hist[0]["train_loss"]
@@ -123,23 +141,89 @@ def test_fit_learns_and_records_each_epoch(kind, multi):
     assert hist[-1]["val_primary"] > 0.5
 
 
-def test_run_id_is_stable_and_changes_with_any_setting():
-    p = {k: 1 for k in RESULT_KEYS} | {"dataset": "voc2012", "version": "1MB",
-                                      "arch": "vgg11_bn", "curriculum": "none", "seed": 0}
+def test_run_id_is_stable_and_changes_with_any_setting_of_its_arm():
+    p = DEFAULTS | {"dataset": "voc2012", "version": "1MB", "arch": "vgg11_bn",
+                    "curriculum": "none", "seed": 0}
     assert run_id(p) == run_id(dict(p))
     assert run_id(p).startswith("voc2012-1MB-vgg11_bn-none-s0-")
     assert run_id(p | {"lr": 2}) != run_id(p)
+    assert "-b0.5-" in run_id(p | {"budget": 0.5})
+    # another arm's knob does not make the baseline a new run; its own arm's does
+    assert run_id(p | {"start_scale": 0.25}) == run_id(p)
+    prog = p | {"curriculum": "progressive"}
+    assert run_id(prog | {"start_scale": 0.25}) != run_id(prog)
+    assert run_id(prog | {"num_threads": 3, "output_dir": "elsewhere"}) == run_id(prog)
+
+
+def test_the_run_configuration_is_the_parameters_cell():
+    """One definition of a run's settings: the parameters cell's names are RunConfig's
+    fields, and the result key is every field but the machine's."""
+    assert set(DEFAULTS) == {f.name for f in dataclasses.fields(RunConfig)}
+    assert set(RESULT_KEYS) == set(DEFAULTS) - {"num_threads", "checkpoint_every_s",
+                                                "output_dir", "run_name"}
+    with pytest.raises(ValueError, match="unknown \\['speed'\\]"):
+        RunConfig.from_params(DEFAULTS | {"speed": 2})
 
 
 @pytest.mark.parametrize("key,value", [("curriculum", "random"), ("start_scale", 0),
                                        ("ramp_fraction", 1.5), ("epochs", 0), ("lr", -1),
-                                       ("precision", "fp8"), ("checkpoint_every_s", -1)])
+                                       ("precision", "fp8"), ("checkpoint_every_s", -1),
+                                       ("budget", 0), ("budget", 1.5), ("eval_points", 0),
+                                       ("start_competence", 0)])
 def test_bad_training_parameters_are_named(key, value):
-    p = {"task": "cv", "curriculum": "progressive", "start_scale": .5,
-         "start_competence": .25, "delay_fraction": .2, "ramp_fraction": .5,
-         "competence_fraction": .5, "epochs": 2, "batch_size": 8, "size_step": 4, "width": 8,
-         "lr": .1, "optimizer": "sgd", "preset": "micro", "mlm_probability": .15,
-         "seq_length": 64, "start_length": 8, "length_step": 8, "vocab_size": 100,
-         "precision": "auto", "checkpoint_every_s": 0.0}
+    curriculum = "difficulty" if key == "start_competence" else "progressive"
     with pytest.raises(ValueError, match=f"'{key}'"):
-        check_training_params(p | {key: value})
+        RunConfig.from_params(DEFAULTS | {"curriculum": curriculum, key: value}).check()
+
+
+def _loop(batch_loss, arm, n=64, **kw):
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 2)
+    settings = dict(primary="accuracy", epochs=4, batch_size=16, optimizer="sgd", lr=0.1,
+                    momentum=0.9, weight_decay=0.0, seed=0, device=torch.device("cpu"),
+                    eval_points=4) | kw
+    return train_loop(net, n, lambda idx, size: batch_loss(net, idx, size),
+                      lambda: {"accuracy": float(net.weight.detach().sum())}, arm, **settings)
+
+
+def _linear_loss(x, y):
+    def batch_loss(net, idx, size):
+        return torch.nn.functional.cross_entropy(net(x[idx] * size / 16), y[idx]), len(idx)
+    return batch_loss
+
+
+def test_warm_up_runs_every_input_size_outside_the_clock_and_changes_nothing(monkeypatch):
+    """Each input size's first pass is slow (cuDNN's kernel search, allocations): the
+    warm-up pays it before the clock starts, and training is as if it never happened."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 4, generator=g), torch.randint(0, 2, (64,), generator=g)
+    arm = arm_of(DEFAULTS | {"curriculum": "progressive", "start_scale": 0.5,
+                             "delay_fraction": 0.0, "ramp_fraction": 1.0}, 16)
+    seen, plain = [], _linear_loss(x, y)
+
+    def slow_first_time(net, idx, size):
+        if size not in seen:
+            seen.append(size)
+            time.sleep(0.4)
+        return plain(net, idx, size)
+
+    hist = _loop(slow_first_time, arm)
+    assert sorted(seen) == [8, 12, 16]  # every size of the schedule, before training
+    assert hist[-1]["train_time_s"] < 0.4
+    monkeypatch.setattr("speedup.method.warm_up", lambda *a, **k: None)
+    unwarmed = _loop(plain, arm)
+    assert [h["train_loss"] for h in hist] == [h["train_loss"] for h in unwarmed]
+    assert [h["val_primary"] for h in hist] == [h["val_primary"] for h in unwarmed]
+
+
+def test_a_budget_trains_a_fraction_of_the_steps_with_a_complete_schedule():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 4, generator=g), torch.randint(0, 2, (64,), generator=g)
+    arm = arm_of(DEFAULTS | {"curriculum": "progressive", "start_scale": 0.5,
+                             "delay_fraction": 0.0, "ramp_fraction": 1.0}, 16)
+    full, half = _loop(_linear_loss(x, y), arm), _loop(_linear_loss(x, y), arm, budget=0.5)
+    # 16 steps, a validation pass every 4 (the full budget's interval) for both
+    assert [h["step"] for h in full] == [4, 8, 12, 16]
+    assert [h["step"] for h in half] == [4, 8]
+    # the half budget's curriculum reaches full size by its own end
+    assert half[-1]["mean_input_size"] > full[1]["mean_input_size"]

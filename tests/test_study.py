@@ -15,16 +15,16 @@ import torch
 import run_batch
 from speedup.architectures import build_model, build_text_model
 from speedup.data_prep import prepare_dataset
-from speedup.method import (Curriculum, NoGPUError, StudyFailed, channel_stats, check_device,
+from speedup.method import (arm_of, NoGPUError, StudyFailed, channel_stats, check_device,
                             expand_plan, finish, fit, fit_text, parameter_defaults,
                             parse_profile, prepare_text_task, resolve_precision, run_stage,
                             run_training)
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMING = {"epoch_time_s", "train_time_s", "throughput"}  # wall-clock: differs run to run
+TIMING = {"interval_time_s", "train_time_s", "throughput"}  # wall-clock: differs run to run
 
 # The training process of one run, killed (SIGKILL, as when a Colab VM is recycled) right
-# after its checkpoint of epoch KILL_AFTER is on disk.
+# after its checkpoint at validation pass KILL_AFTER is on disk.
 KILLED_RUN = """
 import json, os, signal, sys
 sys.path.insert(0, {root!r})
@@ -34,7 +34,7 @@ save = method.Checkpoint.save
 
 def save_then_die(self, state):
     save(self, state)
-    if state["epoch"] == {kill_after}:
+    if len(json.loads(state["history"])) == {kill_after}:
         os.kill(os.getpid(), signal.SIGKILL)
 
 method.Checkpoint.save = save_then_die
@@ -95,26 +95,26 @@ def test_a_run_killed_mid_training_resumes_to_the_same_history(versions, changes
     assert len(checkpoints) == 1 and not list(Path(versions, "results").glob(
         f"{checkpoints[0].stem}.json"))
     progress = json.loads(checkpoints[0].with_name(checkpoints[0].name + ".json").read_text())
-    assert progress["epoch"] == KILL_AFTER and progress["epochs"] == 4
-
     resumed = run_training(**params)
-    assert resumed["resumed_after_epochs"] == [KILL_AFTER]
+    hist = resumed["history"]
+    assert progress["step"] == hist[KILL_AFTER - 1]["step"] < progress["steps"]
+    assert progress["steps"] == hist[-1]["step"]
+    assert resumed["resumed_after_steps"] == [progress["step"]]
     assert not checkpoints[0].exists()  # the result holds everything now
     assert _flat(_without_timing(resumed["history"])) == pytest.approx(
         _flat(_without_timing(reference["history"])), rel=1e-6)
     assert resumed["test"] == pytest.approx(reference["test"], rel=1e-6)
     # the clock is the killed run's up to the checkpoint, then only the new epochs' time:
     # the restart (loading, tokenising, scoring again) is never counted
-    hist = resumed["history"]
     assert hist[KILL_AFTER - 1]["train_time_s"] == pytest.approx(progress["clock"])
     assert hist[-1]["train_time_s"] == pytest.approx(
-        progress["clock"] + sum(h["epoch_time_s"] for h in hist[KILL_AFTER:]))
+        progress["clock"] + sum(h["interval_time_s"] for h in hist[KILL_AFTER:]))
 
 
 def test_a_checkpoint_of_other_settings_is_ignored(versions, capsys):
     from speedup.method import Checkpoint
     cp = Checkpoint(Path(versions, "cp", "x.pt"), {"lr": 0.1})
-    cp.save({"epoch": 1, "epochs": 3, "clock": 1.0})
+    cp.save({"step": 1, "steps": 3, "clock": 1.0})
     assert Checkpoint(cp.path, {"lr": 0.2}).load() is None
     assert "other settings" in capsys.readouterr().out
     cp.path.write_bytes(b"not a checkpoint")  # a damaged file: start again, say so
@@ -139,7 +139,8 @@ def _fit(precision, hook=None):
         net.conv1.register_forward_hook(hook)
     dev = torch.device("cpu")
     mean, std = channel_stats(data.train.images, dev)
-    hist = fit(net, data, Curriculum("progressive", 16), epochs=3, batch_size=32, lr=0.05,
+    arm = arm_of(_params("nowhere", curriculum="progressive"), 16)
+    hist = fit(net, data, arm, epochs=3, batch_size=32, lr=0.05,
                momentum=0.9, weight_decay=0, label_smoothing=0, seed=0, device=dev,
                mean=mean, std=std, precision=precision)
     return net, hist
@@ -166,7 +167,8 @@ def test_bf16_autocast_trains_a_text_model_on_the_cpu(versions):
     task = prepare_text_task(str(versions), "bookcorpus", "40KB", "gpt1", 32, 300, False, .15)
     torch.manual_seed(0)
     net = build_text_model("gpt1", "lm", "micro", task.vocab_size, 2, task.pad_id)
-    hist = fit_text(net, task, Curriculum("none", 32, task="nlp"), epochs=2, batch_size=16,
+    arm = arm_of(_params("nowhere", task="nlp", curriculum="none"), 32)
+    hist = fit_text(net, task, arm, epochs=2, batch_size=16,
                     optimizer="adamw", lr=3e-3, momentum=0.9, weight_decay=0.01, seed=0,
                     device=torch.device("cpu"), precision="bf16")
     assert hist[-1]["train_loss"] < hist[0]["train_loss"]

@@ -76,7 +76,7 @@ import math  # noqa: E402
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score  # noqa: E402
 
 from speedup.architectures import build_text_model  # noqa: E402
-from speedup.method import (Curriculum, evaluate_text, fit_text, lm_metrics,  # noqa: E402
+from speedup.method import (arm_of, evaluate_text, fit_text, lm_metrics,  # noqa: E402
                             mask_tokens, pad_rows, prepare_text_task, rarity_scores,
                             run_training, text_forward, token_stats)
 
@@ -174,7 +174,9 @@ def test_fit_text_learns_and_warms_up_the_sequence_length(yahoo, books, dataset,
     torch.manual_seed(0)
     net = build_text_model(arch, task.objective, "micro", task.vocab_size,
                            max(len(task.classes), 2), task.pad_id)
-    cur = Curriculum("progressive", 32, ramp_fraction=0.5, task="nlp", start_length=8)
+    settings = {k: v for k, v in run_batch.chapter_defaults()["method"].items()}
+    cur = arm_of({**settings, "task": "nlp", "curriculum": "progressive", "ramp_fraction": 0.5,
+                  "start_length": 8, "length_step": 8}, 32)
     hist = fit_text(net, task, cur, epochs=3, batch_size=16, optimizer="adamw", lr=3e-3,
                     momentum=0.9, weight_decay=0.01, seed=0, device=torch.device("cpu"))
     assert hist[0]["mean_input_size"] < 32 == hist[-1]["mean_input_size"]

@@ -34,7 +34,8 @@ LABELS = {"cv": "Demo profile: embedded sample data, scaled-down models (width 1
 TOPICS = ("Dataset", "Approach", "Architectures", "Evaluation")
 DATASETS = {"cv": ("caltech256", "voc2012"), "nlp": ("yahoo_answers", "bookcorpus")}
 RESULT_FIGURES = ("schedule", "tuning", "convergence", "epochs_to_target",
-                  "final_performance", "time_to_target", "speedup")
+                  "final_performance", "time_to_target", "frontier_case", "performance_profile",
+                  "speedup")
 WORDS_PER_MINUTE = 130
 TALK_MINUTES = 12
 
@@ -118,7 +119,7 @@ def test_deck_covers_the_required_topics(rendered):
     titles = [_title(s) for s in Presentation(rendered["pptx"]).slides]
     for topic in TOPICS:
         assert any(topic in t for t in titles), f"no slide title mentions {topic!r}: {titles}"
-    assert 10 <= len(titles) <= 14, titles  # a 12-minute talk
+    assert 10 <= len(titles) <= 15, titles  # a 12-minute talk: ~50 s a slide
 
 
 def test_every_slide_has_speaker_notes_that_fit_the_talk(rendered):

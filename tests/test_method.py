@@ -10,7 +10,7 @@ import torch
 from sklearn.metrics import average_precision_score, f1_score
 
 import run_batch
-from speedup.method import (ARMS, RESULT_KEYS, RunConfig, arm_of, channel_stats,
+from speedup.method import (RESULT_KEYS, RunConfig, arm_of, batch_shapes, channel_stats,
                             classification_metrics, competence, difficulty_scores, fit,
                             parameter_defaults, progressive_size, run_id, train_loop)
 
@@ -227,3 +227,12 @@ def test_a_budget_trains_a_fraction_of_the_steps_with_a_complete_schedule():
     assert [h["step"] for h in half] == [4, 8]
     # the half budget's curriculum reaches full size by its own end
     assert half[-1]["mean_input_size"] > full[1]["mean_input_size"]
+
+
+def test_warm_up_covers_the_epochs_short_last_batch_and_a_small_early_pool():
+    base = arm_of(DEFAULTS | {"curriculum": "none"}, 16)
+    assert batch_shapes(base, 70, 16, 10) == {(16, 16), (16, 6)}  # 70 = 4 x 16 + 6
+    paced = arm_of(DEFAULTS | {"curriculum": "difficulty", "start_competence": 0.1,
+                               "competence_fraction": 0.5}, 16)
+    counts = {count for _, count in batch_shapes(paced, 70, 16, 20)}
+    assert {7, 16, 6} <= counts  # 10% of 70 examples at the start, then the short last batch

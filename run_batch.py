@@ -80,7 +80,7 @@ def papermill_jobs(plan: dict, stage: str) -> list[dict]:
     groups: dict[str, list] = {}
     for run in plan["stages"][stage]:
         p = run["params"]
-        case = f"{p['arch']}-{p['dataset']}-{p['version']}-s{p['seed']}"
+        case = f"{p['arch']}-{p['dataset']}-{p['version']}"  # its seeds too: one start-up
         # a case's arms and the baseline's budgets run side by side; grid runs apart
         in_case = run["main"] or run.get("frontier")
         groups.setdefault(case if in_case else f"tuning-{case}", []).append(run)

@@ -27,10 +27,10 @@ from pptx.enum.shapes import MSO_SHAPE_TYPE, PP_PLACEHOLDER  # noqa: E402
 import render_slides  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-# The demo profiles' labels, which every deck must show (params/<task>-demo.yaml).
-LABELS = {"cv": "Demo profile: embedded sample data, scaled-down models (width 16 of 64)",
-          "nlp": "Demo profile: embedded sample data, scaled-down models (micro preset, "
-                 "not base)"}
+# The test profiles' labels, which every deck must show (params/<task>-test.yaml: the demo
+# study's every part, at the smallest size; `make report` runs the demo profiles).
+LABELS = {"cv": "Test profile: embedded sample data, tiny models (width 8 of 64)",
+          "nlp": "Test profile: embedded sample data, tiny models (micro preset, not base)"}
 TOPICS = ("Dataset", "Approach", "Architectures", "Evaluation")
 DATASETS = {"cv": ("caltech256", "voc2012"), "nlp": ("yahoo_answers", "bookcorpus")}
 RESULT_FIGURES = ("schedule", "tuning", "convergence", "epochs_to_target",
@@ -93,7 +93,7 @@ def rendered(request, tmp_path_factory):
 
 
 def _label(rendered) -> str:
-    """The label that the rendered deck's task must show: its demo profile's."""
+    """The label that the rendered deck's task must show: its test profile's."""
     return LABELS[render_slides.read_task(rendered["pptx"].parent)]
 
 
@@ -273,29 +273,40 @@ def run_merged_notebook(work: Path, **parameters) -> Path:
 
 @pytest.fixture(scope="module")
 def demo_notebook_run(tmp_path_factory):
-    """The image pair's demo study, run by speedup.ipynb with profile=demo."""
-    return run_merged_notebook(tmp_path_factory.mktemp("colab"), profile="demo")
+    """The image pair's test study, run by speedup.ipynb with profile=test."""
+    return run_merged_notebook(tmp_path_factory.mktemp("colab"), profile="test")
 
 
 def test_merged_notebook_runs_every_job_of_the_demo(demo_notebook_run):
     out = demo_notebook_run / "_output"
     plan = json.loads((out / "plan.json").read_text())
-    assert plan["profile"] == "demo" and plan["task"] == "cv"
+    assert plan["profile"] == "test" and plan["task"] == "cv"
     for run in plan["stages"]["method"]:
         result = json.loads((out / "results" / f"{run['id']}.json").read_text())
         assert result["status"] == "complete"
-        assert len(result["history"]) == run["params"]["epochs"]
+        check_validation_passes(run, result)
         assert result["data_source"] == "sample"
     for dataset in ("caltech256", "voc2012"):
         versions = sorted(p.name for p in (out / "data" / dataset).iterdir())
-        assert versions == ["100KB", "1MB", "300KB"]
+        assert versions == ["120KB", "60KB", "90KB"]
     check_evaluation_outputs(out, "embedded sample data")
+
+
+def check_validation_passes(run: dict, result: dict) -> None:
+    """A run is validated every `full budget steps // eval_points` steps and at its end."""
+    hist, p = result["history"], run["params"]
+    every = hist[0]["step"]
+    assert all(h["step"] == every * (i + 1) for i, h in enumerate(hist[:-1]))
+    if p["budget"] == 1:
+        assert len(hist) >= p["eval_points"]
+    assert hist[-1]["train_flops"] > hist[0]["train_flops"] > 0
 
 
 def check_evaluation_outputs(out: Path, phrase: str) -> None:
     """Every evaluation figure is drawn, and the speed-up table says `phrase`."""
     for name in ("tuning", "convergence", "epochs_to_target", "final_performance",
-                 "time_to_target", "speedup", "schedule"):
+                 "time_to_target", "speedup", "schedule", "frontier", "frontier_case",
+                 "performance_profile"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 10_000, name
     table = (out / "tables" / "speedup.md").read_text()
     assert "Geometric-mean speed-up" in table and phrase in table

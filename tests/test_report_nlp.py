@@ -1,4 +1,4 @@
-"""The text pair's report: speedup.ipynb runs the whole nlp demo study on its own (minutes,
+"""The text pair's report: speedup.ipynb runs the whole nlp test study on its own (minutes,
 once, in this file's module fixture), and its deck passes the same checks as the image
 pair's.
 
@@ -14,23 +14,24 @@ import yaml
 
 import render_slides
 from test_report import (  # noqa: F401  the deck checks run again, on this deck
-    check_evaluation_outputs, run_merged_notebook, test_deck_covers_the_required_topics,
+    check_evaluation_outputs, check_validation_passes, run_merged_notebook,
+    test_deck_covers_the_required_topics,
     test_every_slide_has_speaker_notes_that_fit_the_talk, test_everything_stays_on_its_slide,
     test_figures_and_labels_are_on_the_slides, test_merged_notebook_reports_no_failures,
     test_outputs_say_they_are_generated, test_tables_are_readable)
 
 ARCHS = ("bert", "gpt1")
 DATASETS = ("yahoo_answers", "bookcorpus")
-DEMO = Path(__file__).resolve().parents[1] / "params" / "nlp-demo.yaml"
-VERSIONS = tuple(yaml.safe_load(DEMO.read_text())["data_prep"]["params"]["sizes"])
+PROFILE = Path(__file__).resolve().parents[1] / "params" / "nlp-test.yaml"
+VERSIONS = tuple(yaml.safe_load(PROFILE.read_text())["data_prep"]["params"]["sizes"])
 CURRICULA = ("none", "progressive", "difficulty")
 
 
 @pytest.fixture(scope="module")
 def demo_notebook_run(tmp_path_factory):
-    """The text pair's demo study, run by speedup.ipynb with task=nlp, profile=demo."""
+    """The text pair's test study, run by speedup.ipynb with task=nlp, profile=test."""
     return run_merged_notebook(tmp_path_factory.mktemp("colab-nlp"), task="nlp",
-                               profile="demo")
+                               profile="test")
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +42,13 @@ def rendered(demo_notebook_run):
 def test_merged_notebook_runs_every_job_of_the_text_demo(demo_notebook_run):
     out = demo_notebook_run / "_output"
     plan = json.loads((out / "plan.json").read_text())
-    assert plan["profile"] == "demo" and plan["task"] == "nlp"
+    assert plan["profile"] == "test" and plan["task"] == "nlp"
     results = [json.loads((out / "results" / f"{run['id']}.json").read_text())
                for run in plan["stages"]["method"]]
     for run, result in zip(plan["stages"]["method"], results):
         assert result["status"] == "complete", run["id"]
         assert result["params"]["task"] == "nlp" and result["data_source"] == "sample"
-        assert len(result["history"]) == run["params"]["epochs"]
+        check_validation_passes(run, result)
     cases = {(r["params"]["arch"], r["params"]["dataset"], r["params"]["version"],
               r["params"]["curriculum"]) for r in results}
     assert cases >= {(a, d, v, c) for a in ARCHS for d in DATASETS for v in VERSIONS

@@ -44,6 +44,7 @@ PROFILE = {
 
 
 def _project_copy(dest: Path) -> Path:
+    dest.mkdir()
     for name in ("run_batch.py", "nbmodule.py"):
         shutil.copy(ROOT / name, dest / name)
     shutil.copytree(ROOT / "chapters", dest / "chapters")

@@ -75,7 +75,10 @@ def test_multi_label_metrics_ignore_difficult_labels_like_the_devkit():
     m = classification_metrics(y, s, multi_label=True, mask=mask)
     aps = [average_precision_score(y[mask[:, c], c], s[mask[:, c], c]) for c in range(3)]
     f1s = [f1_score(y[mask[:, c], c], s[mask[:, c], c] >= .5) for c in range(3)]
-    assert m["mAP"] == pytest.approx(np.mean(aps))
+    gt = np.where(mask, 2 * y - 1, 0)  # the devkit's labels: difficult = 0
+    assert m["mAP"] == pytest.approx(np.mean([_vocevalcls_ap(list(s[:, c]), list(gt[:, c]))
+                                              for c in range(3)]), abs=1e-9)
+    assert m["mAP_sklearn"] == pytest.approx(np.mean(aps))
     assert m["f1"] == pytest.approx(np.mean(f1s))
     unmasked = classification_metrics(y, s, multi_label=True)
     assert unmasked["mAP"] < m["mAP"]
@@ -236,3 +239,61 @@ def test_warm_up_covers_the_epochs_short_last_batch_and_a_small_early_pool():
                                "competence_fraction": 0.5}, 16)
     counts = {count for _, count in batch_shapes(paced, 70, 16, 20)}
     assert {7, 16, 6} <= counts  # 10% of 70 examples at the start, then the short last batch
+
+
+def _vocevalcls_ap(out, gt):
+    """The VOC devkit's classification AP, transcribed line by line from VOCevalcls.m and
+    VOCap.m (gt: 1 positive, -1 negative, 0 difficult), with MATLAB's 1-based loops."""
+    si = sorted(range(len(out)), key=lambda i: -out[i])  # [so,si]=sort(-out): stable
+    tp = [1.0 if gt[i] > 0 else 0.0 for i in si]
+    fp = [1.0 if gt[i] < 0 else 0.0 for i in si]
+    for i in range(1, len(si)):  # fp=cumsum(fp); tp=cumsum(tp);
+        fp[i] += fp[i - 1]
+        tp[i] += tp[i - 1]
+    npos = sum(1 for g in gt if g > 0)
+    rec = [t / npos for t in tp]
+    prec = [t / (f + t) if f + t else float("nan") for t, f in zip(tp, fp)]
+    mrec, mpre = [0.0] + rec + [1.0], [0.0] + prec + [0.0]
+    for i in range(len(mpre) - 2, -1, -1):  # for i=numel(mpre)-1:-1:1
+        mpre[i] = max(mpre[i], mpre[i + 1])
+    idx = [i for i in range(1, len(mrec)) if mrec[i] != mrec[i - 1]]
+    return sum((mrec[i] - mrec[i - 1]) * mpre[i] for i in idx)
+
+
+@pytest.mark.parametrize("case", ["random", "ties", "difficult", "one-positive", "perfect"])
+def test_voc_ap_equals_the_devkits_vocevalcls(case):
+    from speedup.method import voc_ap
+    rng = np.random.default_rng(len(case))
+    n = 200
+    gt = rng.choice([1, -1], size=n, p=[0.3, 0.7])
+    out = rng.random(n)
+    if case == "ties":
+        out = np.round(out * 5) / 5  # six distinct scores, long runs of ties
+    if case == "difficult":
+        gt[rng.random(n) < 0.2] = 0  # difficult: ignored, neither hit nor miss
+    if case == "one-positive":
+        gt[:] = -1
+        gt[17] = 1
+    if case == "perfect":
+        out = np.where(gt > 0, 0.9, 0.1)
+    keep = gt != 0
+    ours = voc_ap((gt[keep] > 0).astype(float), out[keep])
+    assert ours == pytest.approx(_vocevalcls_ap(list(out), list(gt)), abs=1e-9)
+    if case == "perfect":
+        assert ours == 1.0
+
+
+def test_multi_label_metrics_name_both_aps_and_use_sklearns_macro_f1():
+    rng = np.random.default_rng(3)
+    y = (rng.random((60, 4)) < 0.3).astype(float)
+    y[:, 3] = 0  # a class with no positive: no AP, F1 = 0 as in scikit-learn
+    s = rng.random((60, 4))
+    m = classification_metrics(y, s, multi_label=True)
+    assert m["classes_scored"] == 3
+    assert m["mAP"] == pytest.approx(np.mean([_vocevalcls_ap(list(s[:, c]),
+                                                             list(2 * y[:, c] - 1))
+                                              for c in range(3)]), abs=1e-9)
+    assert m["mAP_sklearn"] == pytest.approx(
+        np.mean([average_precision_score(y[:, c], s[:, c]) for c in range(3)]))
+    assert m["mAP"] != pytest.approx(m["mAP_sklearn"], abs=1e-4)  # two different measures
+    assert m["f1"] == pytest.approx(f1_score(y, s >= 0.5, average="macro", zero_division=0))

@@ -172,7 +172,7 @@ def test_the_run_configuration_is_the_parameters_cell():
                                        ("ramp_fraction", 1.5), ("epochs", 0), ("lr", -1),
                                        ("precision", "fp8"), ("checkpoint_every_s", -1),
                                        ("budget", 0), ("budget", 1.5), ("eval_points", 0),
-                                       ("start_competence", 0)])
+                                       ("start_competence", 0), ("resize_mode", "bicubic")])
 def test_bad_training_parameters_are_named(key, value):
     curriculum = "difficulty" if key == "start_competence" else "progressive"
     with pytest.raises(ValueError, match=f"'{key}'"):
@@ -297,3 +297,34 @@ def test_multi_label_metrics_name_both_aps_and_use_sklearns_macro_f1():
         np.mean([average_precision_score(y[:, c], s[:, c]) for c in range(3)]))
     assert m["mAP"] != pytest.approx(m["mAP_sklearn"], abs=1e-4)  # two different measures
     assert m["f1"] == pytest.approx(f1_score(y, s >= 0.5, average="macro", zero_division=0))
+
+
+def test_the_three_resize_modes_do_what_their_sources_do():
+    from speedup.method import RESIZE_MODES, shrink
+    assert RESIZE_MODES == ("antialias", "nearest", "crop")
+    board = (torch.arange(16).view(1, 16) + torch.arange(16).view(16, 1)) % 2
+    x = board.float().expand(2, 3, 16, 16).contiguous()  # a 1-pixel checkerboard
+    smooth = shrink(x, 8, "antialias")
+    assert smooth.shape == (2, 3, 8, 8)  # every output pixel averages the pattern: grey
+    assert torch.allclose(smooth, torch.full_like(smooth, .5), atol=0.02)
+    aliased = shrink(x, 8, "nearest")  # keeps one pixel in four: the pattern aliases away
+    assert set(aliased.unique().tolist()) <= {0.0, 1.0} and aliased.std() == 0
+    torch.manual_seed(0)
+    crop = shrink(x + torch.arange(16.0).view(1, 1, 1, 16), 8, "crop")
+    assert crop.shape == (2, 3, 8, 8)
+    # a crop is an exact sub-block of the batch, the same one for every image
+    found = [(t, l) for t in range(9) for l in range(9)
+             if torch.equal((x + torch.arange(16.0).view(1, 1, 1, 16))[:, :, t:t + 8, l:l + 8],
+                            crop)]
+    assert len(found) >= 1
+
+
+def test_the_anti_curriculum_paces_the_same_pool_from_the_hardest_end():
+    settings = DEFAULTS | {"start_competence": 0.25, "competence_fraction": 0.5}
+    easy = arm_of(settings | {"curriculum": "difficulty"}, 16)
+    hard = arm_of(settings | {"curriculum": "anti"}, 16)
+    scores = np.array([0.3, 0.9, 0.1, 0.5])
+    assert easy.example_order(lambda: scores).tolist() == [2, 0, 3, 1]
+    assert hard.example_order(lambda: scores).tolist() == [1, 3, 0, 2]
+    assert [hard.pool(p, 100) for p in (0, 0.25, 1)] == [easy.pool(p, 100) for p in (0, 0.25, 1)]
+    assert hard.label_for("nlp") != hard.label_for("cv")

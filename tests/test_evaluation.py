@@ -240,3 +240,81 @@ def test_a_newly_registered_arm_appears_everywhere(tmp_path):
         assert "replicates" not in pd.read_csv(tmp_path / "results" / "speedups.csv")
     finally:
         ARMS.pop("toy", None)
+
+
+# --------------------------------------------------------------- the difficulty check
+
+from scipy.stats import spearmanr  # noqa: E402
+
+from speedup.evaluation import (EXAMPLES_SUFFIX, difficulty_check,  # noqa: E402
+                                difficulty_markdown, save_examples)
+
+
+def _records(tmp_path, name, **arrays):
+    save_examples(tmp_path / "results" / (name + EXAMPLES_SUFFIX),
+                  {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()})
+
+
+def _rho(a, b):
+    return spearmanr(a, b).statistic
+
+
+def test_the_difficulty_check_pairs_each_score_with_its_seeds_baseline(tmp_path):
+    """Scipy's rho on hand-made arrays: each seed's score against that seed's baseline,
+    seed 0's where a seed has none; a frontier run's losses are never used; a case
+    without a baseline and a run without records are reported, not errors."""
+    rng = np.random.default_rng(0)
+    known = rng.random(50)
+    loss = {0: known + rng.normal(0, .3, 50), 1: known + rng.normal(0, .3, 50)}
+    score = {s: known + rng.normal(0, .6, 50) for s in (0, 1, 2)}
+    for s in (0, 1):
+        _records(tmp_path, f"base-s{s}", loss=loss[s], known=known)
+        _records(tmp_path, f"diff-s{s}", score=score[s], known=known)
+    _records(tmp_path, "diff-s2", score=score[2], known=known)
+    _records(tmp_path, "anti-s0", score=score[0], known=known)
+    _records(tmp_path, "base-half", loss=-known, known=known)   # a 50% budget: not the reference
+    _records(tmp_path, "vgg-diff", score=score[0])               # real data: no known difficulty
+    rows = [_row("none", [.5], 1, f"base-s{s}", seed=s) for s in (0, 1)]
+    rows += [_row("difficulty", [.5], 1, f"diff-s{s}", seed=s) for s in (0, 1, 2)]
+    rows += [_row("anti", [.5], 1, "anti-s0"), _row("anti", [.5], 1, "anti-old", seed=1),
+             _row("none", [.5], 1, "base-half", budget=0.5),
+             _row("progressive", [.5], 1, "prog"),
+             _row("difficulty", [.5], 1, "vgg-diff", arch="vgg11_bn")]
+    check, notes = difficulty_check(pd.DataFrame(rows), str(tmp_path))
+    assert list(zip(check.arch, check.curriculum, check.seed)) == [
+        ("resnet18", "difficulty", 0), ("resnet18", "difficulty", 1),
+        ("resnet18", "difficulty", 2), ("resnet18", "anti", 0), ("vgg11_bn", "difficulty", 0)]
+    c = check.set_index("run_name")
+    for run, s, base in (("diff-s0", 0, 0), ("diff-s1", 1, 1), ("diff-s2", 2, 0),
+                         ("anti-s0", 0, 0)):
+        assert c.loc[run, "baseline_seed"] == base and c.loc[run, "n"] == 50
+        assert c.loc[run, "rho_loss"] == pytest.approx(_rho(score[s], loss[base]), rel=1e-5)
+        assert c.loc[run, "rho_known"] == pytest.approx(_rho(score[s], known), rel=1e-5)
+        assert c.loc[run, "rho_loss_known"] == pytest.approx(_rho(loss[base], known), rel=1e-5)
+    assert c.loc["anti-s0", "rho_loss"] == c.loc["diff-s0", "rho_loss"]  # the same ranking
+    assert np.isnan(c.loc["vgg-diff", ["rho_loss", "baseline_seed", "rho_known"]].astype(
+        float)).all()
+    assert len(notes) == 1 and "anti-old" in notes[0] and "prog" not in notes[0]
+    table = difficulty_markdown(check, notes, "a label")
+    assert "(seed 0's baseline)" in table.splitlines()[4]     # diff-s2's row
+    assert "(seed" not in table.splitlines()[3]                # diff-s1: its own baseline
+    assert "no full-budget baseline" in table and "anti-old" in table and "a label" in table
+    assert f"| {c.loc['diff-s1', 'rho_loss']:+.2f} |" in table
+
+
+def test_evaluation_writes_the_difficulty_check_and_skips_old_results(tmp_path, capsys):
+    known = np.linspace(0, 1, 40)
+    runs = [_result("base", "none", [.2, .5, .6], 2.0),
+            _result("diff", "difficulty", [.3, .55, .6], 1.0),
+            _result("anti", "anti", [.1, .4, .6], 1.0)]
+    _study(tmp_path, runs, [{"id": r["run_name"], "main": True, "varied": []} for r in runs])
+    _records(tmp_path, "base", loss=known ** 2, known=known)
+    _records(tmp_path, "diff", score=known[::-1], known=known)   # "anti" has none: old
+    study = evaluate_study(task="cv", output_dir=str(tmp_path), target_fraction=0.9)
+    assert "skipped 1 run(s) without per-example records" in capsys.readouterr().out
+    row = study["difficulty_check"].iloc[0]
+    assert len(study["difficulty_check"]) == 1 and row.rho_loss == pytest.approx(-1)
+    assert row.rho_known == pytest.approx(-1) and row.rho_loss_known == pytest.approx(1)
+    table = (tmp_path / "tables" / "difficulty_check.md").read_text()
+    assert "| -1.00 | -1.00 | +1.00 |" in table and "anti" in table
+    assert study["figures"]["difficulty_check"].stat().st_size > 10_000

@@ -328,3 +328,222 @@ def test_the_anti_curriculum_paces_the_same_pool_from_the_hardest_end():
     assert hard.example_order(lambda: scores).tolist() == [1, 3, 0, 2]
     assert [hard.pool(p, 100) for p in (0, 0.25, 1)] == [easy.pool(p, 100) for p in (0, 0.25, 1)]
     assert hard.label_for("nlp") != hard.label_for("cv")
+
+
+# ------------------------------------------------- per-example records (the difficulty check)
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from scipy.stats import spearmanr  # noqa: E402
+
+import speedup.method as method  # noqa: E402
+from speedup.method import (EXAMPLES_SUFFIX, example_records, image_example_losses,  # noqa: E402
+                            per_example_loss, rank_correlation, ranks_examples,
+                            text_example_losses)
+
+
+@pytest.fixture(scope="module")
+def tiny_version(tmp_path_factory):
+    """The 40KB sample version of Caltech-256 at 16 px."""
+    from speedup.data_prep import prepare_dataset
+    out = tmp_path_factory.mktemp("records")
+    prepare_dataset("caltech256", "sample", {"40KB": 40_000}, {"40KB": 16}, 85,
+                    [0.7, 0.15, 0.15], False, 0, out, out / "cache", show=False)
+    return out
+
+
+def _tiny_run(out, **changes):
+    return DEFAULTS | {"dataset": "caltech256", "version": "40KB", "arch": "vgg11_bn",
+                       "width": 8, "epochs": 2, "batch_size": 32, "num_threads": 1,
+                       "checkpoint_every_s": 0.0, "output_dir": str(out), **changes}
+
+
+def test_ranking_runs_and_the_full_budget_baseline_keep_aligned_records(tiny_version,
+                                                                         monkeypatch):
+    """A difficulty run keeps its scores, the full-budget baseline its losses after
+    training, both with the known difficulty, in the training split's order, written
+    before the result; the result notes their rank correlation with the known one."""
+    load_version = method.load_version
+    known = {}
+
+    def with_known(*args):  # a made-up known difficulty (the sample's own may be None)
+        data = load_version(*args)
+        known["train"] = np.random.default_rng(0).random(len(data.train)).astype(np.float32)
+        data.train.difficulty = known["train"]
+        known["data"] = data
+        return data
+
+    written = []
+
+    def write_json(path, result):  # the records must be on disk before the result
+        if Path(path).parent.name == "results":
+            written.append(Path(path).with_name(Path(path).stem + EXAMPLES_SUFFIX).exists())
+        return json_writer(path, result)
+
+    json_writer = method.write_json
+    monkeypatch.setattr(method, "load_version", with_known)
+    monkeypatch.setattr(method, "write_json", write_json)
+    results = {arm: method.run_training(**_tiny_run(tiny_version, curriculum=arm))
+               for arm in ("difficulty", "none")}
+    assert written == [True, True]
+    records = {}
+    for arm, result in results.items():
+        path = tiny_version / "results" / result["examples_file"]
+        assert path.name == result["run_name"] + EXAMPLES_SUFFIX
+        with np.load(path) as z:
+            records[arm] = {k: z[k] for k in z.files}
+        assert all(a.dtype == np.float32 and len(a) == result["train_examples"]
+                   for a in records[arm].values())
+        np.testing.assert_array_equal(records[arm]["known"], known["train"])
+    assert set(records["difficulty"]) == {"score", "known"}
+    assert set(records["none"]) == {"loss", "known"}
+    # the scores are the run's own ranking, example by example
+    data = known["data"]
+    np.testing.assert_allclose(records["difficulty"]["score"], difficulty_scores(
+        data.train.images, data.train.targets, len(data.classes), data.train.mask, 0),
+        rtol=1e-5)
+    loss = records["none"]["loss"]
+    assert np.isfinite(loss).all() and (loss > 0).all() and np.ptp(loss) > 0
+    assert results["difficulty"]["difficulty_known_spearman"] == pytest.approx(
+        spearmanr(records["difficulty"]["score"], known["train"]).statistic)
+    assert results["none"]["loss_known_spearman"] == pytest.approx(
+        spearmanr(loss, known["train"]).statistic)
+    assert "loss_known_spearman" not in results["difficulty"]
+    # a reused result still has its records
+    again = method.run_training(**_tiny_run(tiny_version, curriculum="none"))
+    assert again == results["none"] and (tiny_version / "results" / again["examples_file"]
+                                         ).exists()
+
+
+def test_only_ranking_arms_and_the_full_budget_baseline_keep_records():
+    known = np.linspace(0, 1, 5)
+
+    def scores():
+        return known[::-1]
+
+    def losses():
+        raise AssertionError("a run that keeps no losses must not compute them")
+    assert ranks_examples("difficulty") and ranks_examples("anti")
+    assert not ranks_examples("none") and not ranks_examples("progressive")
+    for curriculum, budget in (("progressive", 1.0), ("none", 0.5)):
+        assert example_records({"curriculum": curriculum, "budget": budget},
+                               ranks_examples(curriculum), scores, losses, known) == {}
+    assert example_records({"curriculum": "anti", "budget": 1.0}, True, scores, losses,
+                           None).keys() == {"score"}
+    rho, n = rank_correlation([1, 2, np.nan, 4, 3], [1, 2, 3, 4, 5])
+    assert n == 4 and rho == pytest.approx(spearmanr([1, 2, 4, 3], [1, 2, 4, 5]).statistic)
+    assert np.isnan(rank_correlation([1, 1, 1], [1, 2, 3])[0])
+
+
+def test_the_trained_baselines_losses_rank_a_constructed_difficulty():
+    """Hard by construction: the class colour fades with the known difficulty, and the
+    hardest fifth carry a wrong label; after training, the per-example losses (eval mode,
+    full size, the split's order) must rank them."""
+    torch.set_num_threads(1)
+    from speedup.architectures import build_model
+    g = torch.Generator().manual_seed(2)
+    n = 192
+    known = torch.rand(n, generator=g)
+    y = torch.randint(0, 3, (n,), generator=g)
+    x = torch.randint(0, 50, (n, 3, 16, 16), dtype=torch.uint8, generator=g)
+    for c in range(3):
+        x[y == c, c] += (150 * (1 - known[y == c])).to(torch.uint8).view(-1, 1, 1)
+    noisy = known > 0.8
+    y[noisy] = (y[noisy] + 1) % 3
+    train = NS(images=x, targets=y, mask=None)
+    data = NS(train=train, val=_toy_data(48), multi_label=False)
+    net = build_model("resnet18", 3, width=8, full_size=16)
+    dev = torch.device("cpu")
+    mean, std = channel_stats(x, dev)
+    arm = arm_of(DEFAULTS | {"curriculum": "none"}, 16)
+    fit(net, data, arm, epochs=4, batch_size=32, lr=0.05, momentum=0.9, weight_decay=0,
+        label_smoothing=0, seed=0, device=dev, mean=mean, std=std, eval_points=2)
+    loss = image_example_losses(net, train, 16, mean, std, dev, False, batch_size=50)
+    assert loss.dtype == np.float32 and loss.shape == (n,)
+    # example by example, the same as the network's loss on that example alone
+    for i in (0, 77, 191):
+        with torch.no_grad():
+            one = torch.nn.functional.cross_entropy(
+                net(method.to_input(x[i:i + 1], 16, mean, std, dev)), y[i:i + 1])
+        assert loss[i] == pytest.approx(float(one), rel=1e-4, abs=1e-6)
+    assert loss[noisy.numpy()].mean() > 3 * loss[(known < 0.5).numpy()].mean()
+    assert spearmanr(loss, known).statistic > 0.4
+
+
+def test_a_multi_label_examples_loss_averages_its_scored_classes():
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 0.0, 0.0]])
+    targets = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    mask = torch.tensor([[True, True, False], [False, False, False]])
+    loss = per_example_loss(logits, targets, mask, multi_label=True)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    assert float(loss[0]) == pytest.approx(float(bce(logits[0, :2], targets[0, :2])))
+    assert torch.isnan(loss[1])  # no scored class: no loss, never a 0
+
+
+def _text_task(objective, arch, n=12, length=16):
+    from speedup.architectures import build_text_model
+    from speedup.data_prep import train_tokenizer
+    from transformers import DataCollatorForLanguageModeling
+    words = "the cat sat on a mat while dogs ran far away from home".split()
+    rng = np.random.default_rng(0)
+    texts = [" ".join(rng.choice(words, 24)) for _ in range(40)]
+    tok = train_tokenizer(texts, arch, vocab_size=120)
+    if tok.pad_token is None:
+        tok.add_special_tokens({"pad_token": "<pad>"})
+    g = torch.Generator().manual_seed(0)
+    if objective == "lm":
+        ids = {"train": torch.randint(5, len(tok), (n, length), generator=g)}
+        labels = {"train": None}
+    else:
+        ids = {"train": [torch.randint(5, len(tok), (int(k),), generator=g).tolist()
+                         for k in torch.randint(3, length + 4, (n,), generator=g)]}
+        labels = {"train": torch.randint(0, 3, (n,), generator=g)}
+    task = method.TextTask(objective, arch, length, tok.pad_token_id, len(tok),
+                           ["a", "b", "c"], ids, labels,
+                           special_ids=torch.tensor(tok.all_special_ids))
+    if objective == "lm" and arch == "bert":
+        task.masker = DataCollatorForLanguageModeling(tok, mlm_probability=0.15)
+    torch.manual_seed(0)
+    net = build_text_model(arch, objective, "micro", len(tok), num_labels=3,
+                           pad_token_id=tok.pad_token_id)
+    return task, net
+
+
+@pytest.mark.parametrize("objective,arch", [("classify", "gpt1"), ("lm", "gpt1"),
+                                            ("lm", "bert")])
+def test_text_example_losses_are_each_examples_loss_as_the_model_is_scored(objective, arch):
+    torch.set_num_threads(1)
+    task, net = _text_task(objective, arch)
+    dev = torch.device("cpu")
+    before = getattr(task.masker, "generator", None)
+    loss = text_example_losses(net, task, dev, batch_size=5)
+    assert loss.dtype == np.float32 and loss.shape == (len(task),)
+    if arch == "bert":  # masked with a fixed seed: the same losses every time
+        assert task.masker.generator is before
+        np.testing.assert_array_equal(text_example_losses(net, task, dev, batch_size=5), loss)
+        masks, want = torch.Generator().manual_seed(method.EVAL_MASK_SEED + 1), []
+        for i in range(0, len(task), 5):
+            inputs, labels = method.mask_tokens(task, task.ids["train"][i:i + 5], masks)
+            with torch.no_grad():
+                logits = net(input_ids=inputs).logits
+            for row, lab in zip(logits, labels):
+                want.append(float(torch.nn.functional.cross_entropy(row[lab != -100],
+                                                                    lab[lab != -100]))
+                            if (lab != -100).any() else float("nan"))
+        # a row with no masked token has no loss (NaN: left out of every correlation)
+        np.testing.assert_allclose(loss, want, rtol=1e-4)
+        assert np.isfinite(loss).sum() >= len(task) - 2
+        return
+    assert np.isfinite(loss).all() and (loss > 0).all()
+    for i in (0, 7, len(task) - 1):  # alone, as evaluate_text would score it
+        with torch.no_grad():
+            if objective == "classify":
+                ids, attention = method.pad_rows(task.ids["train"][i:i + 1], 16, task.pad_id)
+                logits, wanted = method.text_forward(net, task, ids, attention,
+                                                     task.labels["train"][i:i + 1])
+            else:
+                logits, wanted = method.text_forward(net, task, task.ids["train"][i:i + 1],
+                                                     None, None)
+            one = torch.nn.functional.cross_entropy(logits.flatten(0, -2), wanted.flatten())
+        assert loss[i] == pytest.approx(float(one), rel=1e-4)

@@ -8,7 +8,7 @@ OUT     ?= $(if $(filter cv,$(TASK)),_output,_output_$(TASK))
 WORKERS ?=
 IMAGES  ?=
 
-.PHONY: report batch merge slides test bench-data bench-text bench-text-data clean test-colab
+.PHONY: report batch merge slides test evidence bench-data bench-text bench-text-data clean test-colab
 .DEFAULT_GOAL := report
 
 .venv/.installed: requirements.txt
@@ -34,6 +34,17 @@ merge: .venv/.installed
 
 slides: .venv/.installed
 	$(PY) render_slides.py --output-dir $(OUT)
+
+# The evidence run: both pairs' evidence profiles (params/<task>-evidence.yaml, >= 5 seeds,
+# about 35 minutes on 2 cores), each pair's claims published into EVIDENCE.md
+evidence: .venv/.installed
+	$(PY) merge_notebook.py
+	status=0; for t in cv nlp; do \
+		$(PY) run_batch.py params/$$t-evidence.yaml --output-dir _evidence_$$t || status=1; \
+		test -f _evidence_$$t/tables/evidence.md && $(PY) -c "import nbmodule; \
+			from speedup.evaluation import publish_evidence; \
+			publish_evidence('_evidence_$$t', 'EVIDENCE.md')" || status=1; \
+	done; exit $$status
 
 test: .venv/.installed
 	$(PY) -m pytest -n 2 --dist loadfile --durations=10 tests

@@ -7,8 +7,13 @@ PROFILE ?= demo
 OUT     ?= $(if $(filter cv,$(TASK)),_output,_output_$(TASK))
 WORKERS ?=
 IMAGES  ?=
+# the four presenters' names for the decks' title slide and notes, e.g. PRESENTERS="Ann,Bo,Cy,Di"
+# (default: Presenter 1 .. Presenter 4)
+PRESENTERS ?=
+RENDER  = $(PY) render_slides.py --output-dir $(OUT) $(if $(PRESENTERS),--presenters "$(PRESENTERS)")
 
-.PHONY: report batch merge slides test evidence bench-data bench-text bench-text-data clean test-colab
+.PHONY: report batch merge slides slides-check test evidence bench-data bench-text bench-text-data clean \
+	test-colab
 .DEFAULT_GOAL := report
 
 .venv/.installed: requirements.txt
@@ -24,7 +29,7 @@ report: .venv/.installed
 	$(PY) merge_notebook.py
 	$(PY) run_batch.py params/$(TASK)-$(PROFILE).yaml --output-dir $(OUT) \
 		$(if $(WORKERS),--workers $(WORKERS)); status=$$?; \
-	$(PY) render_slides.py --output-dir $(OUT) && exit $$status
+	$(RENDER) && exit $$status
 
 batch: .venv/.installed
 	$(PY) run_batch.py params/$(TASK)-$(PROFILE).yaml --output-dir $(OUT)
@@ -33,7 +38,14 @@ merge: .venv/.installed
 	$(PY) merge_notebook.py
 
 slides: .venv/.installed
-	$(PY) render_slides.py --output-dir $(OUT)
+	$(RENDER)
+
+# The decks in $(OUT) as the audience sees them: slides.pptx drawn by LibreOffice, slides.html
+# by headless Chromium; fails on text outside its box, small text, small or stray figures, blank
+# slides, and a talk over its time. PNGs of every slide in $(OUT)/slides_png. Needs
+# `apt-get install libreoffice-impress chromium poppler-utils` (.ci/run installs them).
+slides-check: .venv/.installed
+	$(PY) check_slides.py --output-dir $(OUT)
 
 # The evidence run: both pairs' evidence profiles (params/<task>-evidence.yaml, >= 5 seeds,
 # about 35 minutes on 2 cores), each pair's claims published into EVIDENCE.md

@@ -15,10 +15,13 @@ import yaml
 import render_slides
 from test_report import (  # noqa: F401  the deck checks run again, on this deck
     check_evaluation_outputs, check_validation_passes, run_merged_notebook,
-    test_deck_covers_the_required_topics,
-    test_every_slide_has_speaker_notes_that_fit_the_talk, test_everything_stays_on_its_slide,
-    test_figures_and_labels_are_on_the_slides, test_merged_notebook_reports_no_failures,
-    test_outputs_say_they_are_generated, test_tables_are_readable)
+    test_a_figure_fills_its_slide_at_the_size_it_was_drawn,
+    test_content_slides_state_their_finding_in_a_sentence,
+    test_deck_covers_the_required_topics_in_order_in_four_sections,
+    test_everything_stays_on_its_slide, test_figures_and_labels_are_on_the_slides,
+    test_merged_notebook_reports_no_failures, test_outputs_say_they_are_generated,
+    test_tables_are_readable, test_the_deck_passes_the_rendered_check,
+    test_the_talk_fits_eleven_minutes_and_every_section_its_budget)
 
 ARCHS = ("bert", "gpt1")
 DATASETS = ("yahoo_answers", "bookcorpus")

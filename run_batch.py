@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import hashlib
 import json
 import os
 import sys
@@ -103,12 +104,24 @@ def _write_status(output_dir: Path, status: dict) -> dict:
     return status
 
 
+def code_fingerprint(stage: str) -> str:
+    """sha256 of the chapters a job of ``stage`` runs: its own and the earlier ones it
+    imports. A job done by other code is run again; the chapter's own reuse checks (data
+    versions by their settings, training runs by their key and data) decide what that
+    costs, so a rerun after an edit redoes only what the edit changed."""
+    digest = hashlib.sha256()
+    for earlier in STAGES[:STAGES.index(stage) + 1]:
+        digest.update(Path(CHAPTERS[earlier]).read_bytes())
+    return digest.hexdigest()
+
+
 def is_complete(output_dir: Path, job: dict) -> bool:
     path = _status_path(output_dir, job)
     if not path.exists():
         return False
     status = json.loads(path.read_text())
-    return status.get("status") == "complete" and status.get("params") == job["params"]
+    return (status.get("status") == "complete" and status.get("params") == job["params"]
+            and status.get("code") == code_fingerprint(job["stage"]))
 
 
 def execute(job: dict, output_dir: str, threads: int) -> dict:
@@ -118,7 +131,7 @@ def execute(job: dict, output_dir: str, threads: int) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
     status = {"id": job["id"], "stage": job["stage"], "params": job["params"],
-              "notebook": str(out)}
+              "code": code_fingerprint(job["stage"]), "notebook": str(out)}
     try:
         papermill.execute_notebook(str(CHAPTERS[job["stage"]]), str(out),
                                    parameters=job["params"], kernel_name=KERNEL,

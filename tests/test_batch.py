@@ -229,3 +229,18 @@ def test_the_text_chapters_run_as_a_batch(tmp_path):
                  "tuning.png", "final_performance.png", "time_to_target.png"]:
         assert (out / "figures" / name).stat().st_size > 10_000
     assert (out / "tables" / "data_bookcorpus.md").exists()
+
+
+def test_a_job_done_by_other_code_is_not_taken_as_done(tmp_path, monkeypatch):
+    """Resume-by-skip holds only for the same parameters and the same chapters: after an
+    edit the job runs again, and the chapter's own reuse checks decide what it redoes."""
+    job = {"id": "data-caltech256", "stage": "data_prep", "params": {"dataset": "x"}}
+    status = {**job, "status": "complete", "code": run_batch.code_fingerprint("data_prep")}
+    (tmp_path / "batch").mkdir()
+    (tmp_path / "batch" / "data-caltech256.json").write_text(json.dumps(status))
+    assert run_batch.is_complete(tmp_path, job)
+    assert not run_batch.is_complete(tmp_path, {**job, "params": {"dataset": "y"}})
+    assert run_batch.code_fingerprint("method") != run_batch.code_fingerprint("data_prep")
+    monkeypatch.setitem(run_batch.CHAPTERS, "data_prep", tmp_path / "edited.ipynb")
+    (tmp_path / "edited.ipynb").write_text("{}")
+    assert not run_batch.is_complete(tmp_path, job)

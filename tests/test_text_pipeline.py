@@ -1,5 +1,7 @@
 """Text pair, first pieces: tokenizers trained offline and the sequence-length schedule."""
 import numpy as np
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -210,6 +212,16 @@ def test_run_training_saves_a_text_run_and_resumes(books, capsys):
     capsys.readouterr()
     assert run_training(**_nlp_params(books, curriculum="difficulty")) == result
     assert "already complete" in capsys.readouterr().out
+    # the same settings on a rebuilt version of other content: trained anew, not reused
+    manifest = Path(books, "data", "bookcorpus", "60KB", "manifest.json")
+    original = manifest.read_text()
+    try:
+        manifest.write_text(original.replace('"seed": 0', '"seed": 0, "rebuilt": 1', 1))
+        again = run_training(**_nlp_params(books, curriculum="difficulty"))
+        assert "training anew" in capsys.readouterr().out
+        assert again["data_fingerprint"] != result["data_fingerprint"] is not None
+    finally:
+        manifest.write_text(original)
 
 
 @pytest.mark.parametrize("changes,message", [

@@ -695,6 +695,11 @@ def test_built_versions_are_reused_without_fetching_the_source_again(tmp_path, c
     again = prepare_dataset(*args, tmp_path / "new-vm", show=False)
     assert again == first and not (tmp_path / "new-vm").exists()   # nothing fetched
     assert "reusing them without fetching" in capsys.readouterr().out
+    manifest = tmp_path / "out/data/caltech256/a/manifest.json"        # older generators:
+    manifest.write_text(manifest.read_text().replace(f"sample-v{SAMPLE_FORMAT}", "sample-v0"))
+    prepare_dataset(*args, tmp_path / "cache", show=False)         # checked, rebuilt
+    assert "reusing them without fetching" not in capsys.readouterr().out
+    assert f"sample-v{SAMPLE_FORMAT}" in manifest.read_text()
     changed = list(args)
     changed[4] = 75                                                 # another JPEG quality
     rebuilt = prepare_dataset(*changed, tmp_path / "new-vm", show=False)

@@ -23,7 +23,7 @@ def _demo() -> dict:
 
 @pytest.mark.parametrize("edit,message", [
     (lambda p: p["method"]["params"].update(lr_typo=0.1), "unknown parameter 'lr_typo'"),
-    (lambda p: p["method"]["params"].update(epochs="eight"), "'epochs' must be int"),
+    (lambda p: p["method"]["params"].update(lr="fast"), "'lr' must be float"),
     (lambda p: p["data_prep"]["params"].update(sizes=[1, 2]), "'sizes' must be dict"),
     (lambda p: p["method"].update(archz=["vgg11"]), "unknown key(s) ['archz']"),
     (lambda p: p.update(stagez={}), "unknown key(s) ['stagez']"),

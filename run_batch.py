@@ -125,17 +125,18 @@ def outputs_intact(output_dir: Path, job: dict) -> bool:
     method job's results (complete or diverged). Reading sets a damaged file aside."""
     p = job["params"]
     if job["stage"] == "data_prep":
-        return all(read_version_manifest(version_dir(output_dir, p["dataset"], v)) is not None
-                   for v in p["sizes"])
+        return all(read_version_manifest(version_dir(output_dir, p["dataset"], v))
+                   is not None for v in p.get("sizes", {}))
     if job["stage"] == "method":
         return all(read_result(Path(output_dir, "results", f"{run}.json")) is not None
-                   for run in job["runs"])
+                   for run in job.get("runs", []))
     return True
 
 
 def is_complete(output_dir: Path, job: dict) -> bool:
     """Done before with the same parameters and code, its outputs intact: skip it."""
-    status = read_json_checked(_status_path(output_dir, job), lambda s: lacks(s, ["status"]))
+    status = read_json_checked(_status_path(output_dir, job),
+                               lambda s: lacks(s, ["status"]))
     return (status is not None and status.get("status") == "complete"
             and status.get("params") == job["params"]
             and status.get("code") == code_fingerprint(job["stage"])
@@ -279,7 +280,8 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except DiskFullError as exc:
-        print(f"error: the batch stopped, the disk is full: {exc}", file=sys.stderr)
+        print(f"error: the batch stopped, the disk is full: {exc.strerror or exc}",
+              file=sys.stderr)
         return 2
     ran = [s for s in statuses.values() if s["status"] in ("complete", "failed")
            and not s.get("before")]

@@ -21,8 +21,8 @@ import torch
 import yaml
 
 import run_batch
-from speedup.evaluation import (add_targets, evaluate_study, load_plan, load_results,
-                                with_roles)
+from speedup.evaluation import (add_targets, evaluate_study, load_examples, load_plan,
+                                load_results, with_roles)
 from speedup.method import (Checkpoint, DiskFullError, UnknownVersionError, batch_lock,
                             completed_runs, diverged_runs, read_manifest, read_result,
                             run_training, write_json)
@@ -39,7 +39,8 @@ TINY = {
     "data_prep": {"datasets": ["caltech256"],
                   "params": {"source": "sample", "sizes": {"60KB": 60000},
                              "short_sides": {"60KB": 24}}},
-    "architectures": {"params": {"archs": ["resnet18"], "width": 8, "input_sizes": [12, 24]}},
+    "architectures": {"params": {"archs": ["resnet18"], "width": 8,
+                                 "input_sizes": [12, 24]}},
     "method": {"archs": ["resnet18"], "curricula": ["none", "progressive"], "seeds": [0],
                "params": {"width": 8, "epochs": 3, "batch_size": 32, "eval_points": 6,
                           "checkpoint_every_s": 0.0},
@@ -78,7 +79,8 @@ def killed_then_rerun(tmp_path_factory):
     os.killpg(batch.pid, signal.SIGKILL)
     batch.wait()
     first = {p.name: p.stat().st_mtime_ns for p in (out / "results").glob("*-*.json")}
-    first.update({str(p): p.stat().st_mtime_ns for p in (out / "data").rglob("manifest.json")})
+    first.update({str(p): p.stat().st_mtime_ns
+                  for p in (out / "data").rglob("manifest.json")})
     lock = json.loads((out / "batch.lock").read_text())
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
@@ -91,7 +93,8 @@ def test_a_killed_batch_reruns_to_the_end_keeping_what_was_done(killed_then_reru
     k, out = killed_then_rerun, killed_then_rerun["out"]
     assert k["first"] and k["lock"]["pid"] == k["killed_pid"]
     # the re-run took the dead batch's lock over, said so, and released it at the end
-    assert "taking over the stale lock" in k["printed"] and str(k["killed_pid"]) in k["printed"]
+    assert "taking over the stale lock" in k["printed"]
+    assert f"pid {k['killed_pid']} on" in k["printed"]
     assert not (out / "batch.lock").exists()
     assert k["code"] == 0, k["printed"][-2000:]
     plan = json.loads((out / "plan.json").read_text())
@@ -123,7 +126,8 @@ def test_a_diverging_run_stops_is_saved_as_diverged_and_the_batch_goes_on(killed
     assert df.loc[name, ["best_val", "final_val", "test"]].isna().all()
     assert np.isinf(df.loc[name, "time_to_target_s"])
     assert np.isfinite(df.target).all()   # the target comes from the main baseline only
-    assert diverged_runs(plan, out) == [name] and name not in completed_runs(plan, out, False)
+    assert diverged_runs(plan, out) == [name]
+    assert name not in completed_runs(plan, out, main_only=False)
 
 
 def test_a_damaged_result_is_set_aside_and_only_its_run_is_trained_again(killed_then_rerun,
@@ -159,7 +163,8 @@ def test_run_training_saves_a_diverged_run_once_and_reuses_it(killed_then_rerun,
     result = run_training(**params)
     assert result["status"] == "diverged" and result["best_val"] is None
     d = result["diverged"]
-    assert d["train_loss"] == "nan" or d["train_loss"] > 10 * result["history"][0]["train_loss"]
+    first = result["history"][0]["train_loss"] if result["history"] else np.inf
+    assert d["train_loss"] == "nan" or d["train_loss"] > 10 * first
     assert len(result["history"]) < 4 and d["epoch"] < 2   # stopped early, kept the passes
     assert all(h["step"] < d["step"] for h in result["history"])
     assert not Path(versions, "checkpoints", f"{result['run_name']}.pt").exists()
@@ -232,10 +237,14 @@ def test_every_reader_sets_a_damaged_file_aside(tmp_path, capsys):
     (tmp_path / "batch").mkdir()
     (tmp_path / "batch" / "data-caltech256.json").write_bytes(b"\x00\x00")
     assert not run_batch.is_complete(tmp_path, job)
+    # a run's per-example records: the difficulty check goes on without them
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "run.examples.npz").write_bytes(b"PK\x03\x04 cut short")
+    assert load_examples(str(tmp_path), "run") is None
     out = capsys.readouterr().out
-    for damaged in ("manifest.json", "run.pt", "data-caltech256.json"):
+    for damaged in ("manifest.json", "run.pt", "data-caltech256.json", "run.examples.npz"):
         assert f"{damaged}.damaged, it will be redone" in out, damaged
-    assert out.count("warning: damaged file") == 4   # the checkpoint's progress file too
+    assert out.count("warning: damaged file") == 5   # the checkpoint's progress file too
 
 
 # ------------------------------------------------------------------ one batch per folder

@@ -26,6 +26,7 @@ import argparse
 import concurrent.futures as cf
 import contextlib
 import hashlib
+import heapq
 import importlib
 import json
 import os
@@ -136,7 +137,9 @@ def is_complete(output_dir: Path, job: dict) -> bool:
 
 def usable_cores() -> int:
     """The cores this process may run on (a SLURM job's allocation, not the whole node)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _new_status(job: dict, output_dir: str) -> dict:
@@ -290,8 +293,9 @@ def open_engine(executor: str, workers: int, output_dir: str, cluster: str | Non
         with cf.ProcessPoolExecutor(len(slots)) as pool:
             yield (lambda job, device: pool.submit(execute, job, out, threads, device)), slots
         return
-    # the workers import this checkout (locally started ones, and SLURM jobs through
-    # sbatch's default --export=ALL, inherit the variable)
+    # workers import run_batch from this checkout (a local cluster's, and SLURM jobs
+    # through sbatch's default --export=ALL, inherit the variable; remote Dask workers are
+    # started with it: README)
     path = os.environ.get("PYTHONPATH", "")
     if str(ROOT) not in path.split(os.pathsep):
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), path]))
@@ -346,13 +350,28 @@ def _run_stages(plan: dict, out: Path, stages, start, slots) -> dict:
     return statuses
 
 
-def print_estimate(plan: dict, output_dir: str, tflops: float | None) -> None:
+def wall_time(hours: list[float], devices: int) -> float:
+    """The wall time of a stage's jobs on ``devices`` as ``run_jobs`` runs them: in plan
+    order, each on the device that frees first (a job's runs train one after another)."""
+    free = [0.0] * devices
+    for h in hours:
+        heapq.heapreplace(free, free[0] + h)
+    return max(free)
+
+
+def print_estimate(plan: dict, output_dir: str, tflops: float | None,
+                   gpus: list[int] = ()) -> None:
     table = estimate_study(plan, output_dir, tflops * 1e12 if tflops else None)
     by = table.groupby(["dataset", "version"], sort=False).hours.sum()
     print(by.round(2).to_string())
     speed = f"{tflops:g} TFLOP/s (assumed)" if tflops else "speeds measured on this machine"
     print(f"{len(table)} training runs, {table.train_pflops.sum():.1f} PFLOP of training, "
           f"{table.hours.sum():.1f} h at {speed}")
+    hours = table.set_index("run").hours.fillna(0)
+    jobs = [hours[job["runs"]].sum() for job in papermill_jobs(plan, "method")]
+    for n in gpus:
+        print(f"on {n} GPU(s): {wall_time(jobs, n):.1f} h of training wall time ({len(jobs)} "
+              f"jobs; the longest {max(jobs):.1f} h, the total / {n} {sum(jobs) / n:.1f} h)")
 
 
 def main(argv=None) -> int:
@@ -370,6 +389,8 @@ def main(argv=None) -> int:
     ap.add_argument("--estimate", action="store_true",
                     help="print the work and time of every run and exit")
     ap.add_argument("--tflops", type=float, help="with --estimate: assume this speed")
+    ap.add_argument("--gpus", nargs="+", type=int, default=[],
+                    help="with --estimate: the training wall time on this many GPUs")
     ap.add_argument("--status", action="store_true", help="print runs done and time left")
     ap.add_argument("--executor", choices=EXECUTORS, default="local",
                     help="where jobs run: a process pool here (default), a Dask cluster, "
@@ -393,7 +414,7 @@ def main(argv=None) -> int:
         print(json.dumps(plan, indent=1))
         return 0
     if args.estimate:
-        print_estimate(plan, args.output_dir, args.tflops)
+        print_estimate(plan, args.output_dir, args.tflops, args.gpus)
         return 0
     if args.status:
         print(study_status(plan, args.output_dir))

@@ -11,12 +11,16 @@ import pytest
 import run_batch
 from test_batch import TINY, _write
 
-# TINY on one size, without budgets or a grid: a Caltech case trains its two arms, VOC's
-# data job fails and its case is skipped (and so is the architecture table)
+# TINY on one dataset and size, without budgets or a grid: one data job, then one case
+# whose baseline and progressive runs train and whose difficulty run fails (a competence
+# above 1), so that its job fails with the others' results saved
 SMALL = copy.deepcopy(TINY)
+SMALL["data_prep"].update(datasets=["caltech256"], per_dataset={})
 SMALL["data_prep"]["params"].update(sizes={"60KB": 60000}, short_sides={"60KB": 24})
+SMALL["method"].update(curricula=["none", "progressive", "difficulty"])
+SMALL["method"]["params"].update(start_competence=1.5)
 del SMALL["method"]["budgets"], SMALL["method"]["tuning"]
-STAGES = ["data_prep", "architectures", "method"]  # the evaluation reads the same files
+STAGES = ["data_prep", "method"]  # the architecture table and the evaluation read the same
 
 
 @pytest.mark.parametrize("env,count,gpus", [
@@ -63,6 +67,12 @@ def test_run_jobs_spreads_jobs_over_the_slots_one_at_a_time_each():
         assert all(end <= begin for (_, end), (begin, _) in zip(mine, mine[1:]))
 
 
+def test_wall_time_is_the_runners_schedule_not_the_total_over_n():
+    assert run_batch.wall_time([3, 1, 1, 1], 2) == 3
+    assert run_batch.wall_time([1, 1, 1, 3], 2) == 4  # plan order: the long job last
+    assert run_batch.wall_time([5, 1], 64) == 5       # the longest job bounds it
+
+
 def test_an_engines_own_failure_is_recorded_as_the_jobs(tmp_path):
     job = {"id": "data-caltech256", "stage": "data_prep", "params": {"dataset": "caltech256"}}
 
@@ -102,15 +112,14 @@ def _outcome(out):
     return statuses, runs, examples
 
 
-def test_dask_and_submitit_run_the_batch_as_the_local_pool_does(tmp_path, monkeypatch,
-                                                                  capsys):
+def test_dask_and_submitit_run_the_batch_as_the_local_pool_does(tmp_path, monkeypatch):
     profile, cache = str(_write(tmp_path, SMALL)), str(tmp_path / "cache")
 
     def batch(name, *args):
         out = tmp_path / name
         code = run_batch.main([profile, "--output-dir", str(out), "--cache-dir", cache,
                                "--workers", "2", "--stages", *STAGES, *args])
-        assert code == 1, name  # VOC's data job fails, as planned
+        assert code == 1, name  # the difficulty run fails, as planned
         return out
 
     # The local pool on a machine with two GPUs, "3" and "5" (torch sees none here: the
@@ -120,29 +129,33 @@ def test_dask_and_submitit_run_the_batch_as_the_local_pool_does(tmp_path, monkey
         gpus.setattr(run_batch.torch.cuda, "device_count", lambda: 2)
         local = batch("local")
     status = {p.stem: json.loads(p.read_text()) for p in (local / "batch").glob("*.json")}
-    assert {status[j]["device"] for j in ("data-caltech256", "data-voc2012")} == {"3", "5"}
     case = status["resnet18-caltech256-60KB"]
+    assert {s["device"] for s in status.values()} <= {"3", "5"}  # spread: run_jobs' test
     for path in (local / "results").glob("*-*.json"):
         assert json.loads(path.read_text())["environment"]["visible_devices"] == case["device"]
 
     expected = _outcome(local)
     statuses, runs, examples = expected
     assert {j: s[0] for j, s in statuses.items()} == {
-        "data-caltech256": "complete", "data-voc2012": "failed", "architectures": "skipped",
-        "resnet18-caltech256-60KB": "complete", "resnet18-voc2012-60KB": "skipped"}
-    assert len(runs) == 2 and examples  # two arms trained, the baseline's losses kept
+        "data-caltech256": "complete", "resnet18-caltech256-60KB": "failed"}
+    assert "start_competence" in statuses["resnet18-caltech256-60KB"][3]
+    assert sorted(r["params"]["curriculum"] for r in runs.values()) == ["none", "progressive"]
+    assert examples  # the baseline's per-example losses
 
-    dask = batch("dask", "--executor", "dask")  # a Dask LocalCluster of two processes
+    # both engines at once (each job on one core, as the local pool's): a Dask LocalCluster
+    # of two processes, and submitit's local executor (one process per job, as on SLURM)
+    with run_batch.cf.ThreadPoolExecutor(2) as both:
+        dask = both.submit(batch, "dask", "--executor", "dask")
+        submitit = both.submit(batch, "submitit", "--executor", "submitit", "--cluster", "local")
+        dask, submitit = dask.result(), submitit.result()
     assert _outcome(dask) == expected
-    submitit = batch("submitit", "--executor", "submitit", "--cluster", "local")
     assert _outcome(submitit) == expected
     assert list((submitit / "submitit").glob("*_log.out"))  # the jobs' logs, beside the rest
     for out in (dask, submitit):
         for path in (out / "results").glob("*-*.json"):  # the engine's GPU, if any: none
             assert not json.loads(path.read_text())["environment"]["visible_devices"]
-        # resume-by-skip: the statuses the engine's workers wrote are the ones a rerun
-        # reads; it would skip the completed jobs and retry the failed one
+        # resume-by-skip: a rerun reads the statuses the engine's workers wrote, skips the
+        # completed job and retries the failed one (whose trained runs it then reuses)
         plan = json.loads((out / "plan.json").read_text())
-        jobs = [j for stage in STAGES for j in run_batch.papermill_jobs(plan, stage)]
-        assert {j["id"] for j in jobs if run_batch.is_complete(out, j)} == {
-            "data-caltech256", "resnet18-caltech256-60KB"}
+        assert [j["id"] for stage in STAGES for j in run_batch.papermill_jobs(plan, stage)
+                if run_batch.is_complete(out, j)] == ["data-caltech256"]

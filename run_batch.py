@@ -3,7 +3,7 @@
     python run_batch.py params/cv-demo.yaml [--output-dir _output] [--workers 2]
     python run_batch.py params/cv-full.yaml --estimate --tflops 6   # work and time only
     python run_batch.py params/cv-full.yaml --status                 # runs done, time left
-    python run_batch.py params/cv-full.yaml --executor submitit --workers 64   # on SLURM
+    python run_batch.py params/cv-full.yaml --executor submitit --workers 14   # on SLURM
 
 A profile (``params/*.yaml``) names the combinations; chapter 3's ``expand_plan``
 turns it into a plan of jobs in four stages (data prep -> architectures -> method

@@ -13,8 +13,10 @@ executes each job as a papermill notebook, in parallel within a stage, keeping
 each executed notebook under ``<output>/notebooks/`` and each job's status under
 ``<output>/batch/``. A failed job is recorded and the batch goes on; the jobs that
 depend on it are skipped (not started), naming it; the batch then exits 1 with
-a summary. Re-running skips the jobs that completed with the same parameters,
-and a training run interrupted mid-way resumes from its last checkpoint.
+a summary. Re-running skips the jobs that completed with the same parameters
+(and whose outputs, read back, are intact), and a training run interrupted mid-way
+resumes from its last checkpoint. One batch at a time holds an output folder
+(``<output>/batch.lock``); a disk that fills up stops the batch with a message.
 
 Where jobs run: ``--executor local`` (default) runs them in a process pool on this
 machine, each pinned to one of its GPUs (if any); ``dask`` and ``submitit`` hand the
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import contextlib
+import errno
 import hashlib
 import heapq
 import importlib
@@ -46,8 +49,10 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 import nbmodule  # noqa: E402  makes `speedup.<topic>` importable
 from speedup.method import (  # noqa: E402  the plan's one home: chapter 3
-    STAGES, NoGPUError, ProfileError, blocked_by, check_device, estimate_study,
-    failure_summary, parameter_defaults, parse_profile, study_status, write_json,
+    STAGES, BatchLocked, DiskFullError, NoGPUError, ProfileError, batch_lock, blocked_by,
+    check_device, diverged_runs, estimate_study, failure_summary, lacks, parameter_defaults,
+    parse_profile, read_json_checked, read_result, read_version_manifest, study_status,
+    version_dir, write_json,
 )
 from speedup.method import expand_plan as expand_chapter_plan  # noqa: E402
 
@@ -126,13 +131,32 @@ def code_fingerprint(stage: str) -> str:
     return digest.hexdigest()
 
 
+def outputs_intact(output_dir: Path, job: dict) -> bool:
+    """Whether what ``job`` wrote reads back whole: a data job's version manifests, a
+    method job's results (complete or diverged). Reading sets a damaged file aside."""
+    p = job["params"]
+    if job["stage"] == "data_prep":
+        return all(read_version_manifest(version_dir(output_dir, p["dataset"], v))
+                   is not None for v in p.get("sizes", {}))
+    if job["stage"] == "method":
+        return all(read_result(Path(output_dir, "results", f"{run}.json")) is not None
+                   for run in job.get("runs", []))
+    return True
+
+
 def is_complete(output_dir: Path, job: dict) -> bool:
-    path = _status_path(output_dir, job)
-    if not path.exists():
-        return False
-    status = json.loads(path.read_text())
-    return (status.get("status") == "complete" and status.get("params") == job["params"]
-            and status.get("code") == code_fingerprint(job["stage"]))
+    """Done before with the same parameters and code, its outputs intact: skip it."""
+    status = read_json_checked(_status_path(output_dir, job),
+                               lambda s: lacks(s, ["status"]))
+    return (status is not None and status.get("status") == "complete"
+            and status.get("params") == job["params"]
+            and status.get("code") == code_fingerprint(job["stage"])
+            and outputs_intact(output_dir, job))
+
+
+def disk_was_full(status: dict) -> bool:
+    """Whether a failed job ran out of disk space (ENOSPC, in the kernel or here)."""
+    return "[Errno 28]" in status.get("error", "")
 
 
 def usable_cores() -> int:
@@ -339,8 +363,12 @@ def _run_stages(plan: dict, out: Path, stages, start, slots) -> dict:
             todo.append(job)
         desc = f"{stage} ({done_before} done before)" if done_before else stage
         with tqdm(total=len(todo), desc=desc, unit="job") as bar:
-            for status in run_jobs(start, todo, slots):
-                statuses[status["id"]] = status
+            # a job starts only when a slot is free, so a stop starts nothing new
+            for status in run_jobs(start, todo, slots):  # a status that cannot be written:
+                statuses[status["id"]] = status          # DiskFullError
+                if disk_was_full(status):   # every later write would fail too: stop
+                    raise DiskFullError(errno.ENOSPC, f"job {status['id']}: "
+                                        + status["error"].strip().splitlines()[-1])
                 mark = "ok  " if status["status"] == "complete" else "FAIL"
                 bar.write(f"  {mark} {status['id']}  {status['wall_s']:.1f}s"
                           + ("" if status["status"] == "complete"
@@ -431,14 +459,27 @@ def main(argv=None) -> int:
     options = {k: yaml.safe_load(v) for k, _, v in (p.partition("=") for p in
                                                       args.executor_param)}
     start = time.time()
-    statuses = run_plan(plan, args.output_dir, workers, args.stages, args.executor,
-                        args.cluster, options)
+    try:
+        with batch_lock(args.output_dir):
+            statuses = run_plan(plan, args.output_dir, workers, args.stages, args.executor,
+                                args.cluster, options)
+    except BatchLocked as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except DiskFullError as exc:
+        print(f"error: the batch stopped, the disk is full: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 2
     ran = [s for s in statuses.values() if s["status"] in ("complete", "failed")
            and not s.get("before")]
     bad = {k: s for k, s in statuses.items() if s["status"] != "complete"}
     failed = sum(s["status"] == "failed" for s in bad.values())
     print(f"batch: {len(ran)} jobs run, {failed} failed, {len(bad) - failed} skipped, "
           f"{time.time() - start:.0f}s; outputs in {args.output_dir}/")
+    diverged = diverged_runs(plan, args.output_dir)
+    if diverged:   # a finding, not a failure: shown as diverged by the evaluation
+        print(f"{len(diverged)} training run(s) diverged (saved as such, not as scores): "
+              + ", ".join(diverged))
     if bad:
         print(f"{len(bad)} of {len(statuses)} jobs did not complete (the others' outputs "
               f"are saved; a rerun retries these):\n{failure_summary(statuses)}",

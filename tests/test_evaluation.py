@@ -318,3 +318,39 @@ def test_evaluation_writes_the_difficulty_check_and_skips_old_results(tmp_path, 
     table = (tmp_path / "tables" / "difficulty_check.md").read_text()
     assert "| -1.00 | -1.00 | +1.00 |" in table and "anti" in table
     assert study["figures"]["difficulty_check"].stat().st_size > 10_000
+
+
+def test_the_evidence_headline_counts_each_verdict_and_the_deck_quotes_it(tmp_path):
+    """EVIDENCE.md's claim markers hold a headline short enough for the conclusion slide:
+    the flagship's cases counted by verdict and its clearest case; every arm's claim in
+    full follows as a list, and publishing keeps the other pair's section."""
+    from render_slides import evidence_claim
+    from speedup.evaluation import evidence_markdown, headline_sentence, publish_evidence
+    cases = [("resnet18", "caltech256", 1.5, 1.2, 1.9, 5), ("vgg11_bn", "caltech256", 1.1, 0.8,
+             1.6, 5), ("resnet18", "voc2012", 0.5, 0.4, 0.7, 5), ("vgg11_bn", "voc2012", 0, 0, 0,
+             1)]
+    ev = pd.DataFrame([{"arch": a, "dataset": d, "version": "100KB", "metric": "accuracy",
+                        "curriculum": arm, "seeds": 5, "reached": reached,
+                        "baseline_seeds": 5, "baseline_reached": 5, "baseline_s": 10.0,
+                        "method_s": 10 / s if s else INF, "speedup": s, "speedup_lo": lo,
+                        "speedup_hi": hi, "flops_speedup": s, "flops_lo": lo,
+                        "flops_hi": hi, "gap": 0.0, "gap_lo": -0.01, "gap_hi": 0.01}
+                       for arm in ("progressive", "difficulty")
+                       for a, d, s, lo, hi, reached in cases])
+    head = headline_sentence(ev, "progressive", True, "cv")
+    assert head.startswith("Progressive resizing (sample data, scaled-down models, 5+ seeds)")
+    for part in ("faster in 1", "not distinguishable from 1x in 1", "slower in 1",
+                 "missed the target in 1 of 4 cases",
+                 "best: ResNet-18, Caltech-256 100 KB, 1.50x [1.20, 1.90]"):
+        assert part in head
+    assert len(head.split()) < 45  # a slide's sentence; the full claims run to 80+ words
+    (tmp_path / "out" / "tables").mkdir(parents=True)
+    (tmp_path / "out" / "tables" / "evidence.md").write_text(
+        evidence_markdown(ev, "Sample data", "cv", 0.95, True))
+    evidence = tmp_path / "EVIDENCE.md"
+    evidence.write_text("## Text pair (nlp)\n\n<!-- claim:nlp -->kept<!-- /claim -->\n")
+    text = publish_evidence(str(tmp_path / "out"), str(evidence))
+    assert evidence_claim("cv", evidence) == head
+    assert evidence_claim("nlp", evidence) == "kept"
+    assert text.count("- On the embedded sample data") == 2  # both arms' full claims
+    assert "difficulty curriculum" in text and "missed the target in 4 of 5 seeds for VGG" in text

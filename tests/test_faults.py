@@ -341,7 +341,7 @@ def _job(ident):
     return {"id": ident, "stage": "data_prep", "params": {"dataset": ident, "sizes": {}}}
 
 
-def out_of_space(job, output_dir, threads):
+def out_of_space(job, output_dir, threads, device=None):
     """A stand-in for ``run_batch.execute`` whose job runs out of disk (as a kernel's
     error reads), leaving a mark that it was started."""
     Path(output_dir, f"started-{job['id']}").touch()

@@ -48,7 +48,7 @@ slides-check: .venv/.installed
 	$(PY) check_slides.py --output-dir $(OUT)
 
 # The evidence run: both pairs' evidence profiles (params/<task>-evidence.yaml, >= 5 seeds,
-# about 35 minutes on 2 cores), each pair's claims published into EVIDENCE.md
+# about 34 minutes on 2 cores, install included), each pair's claims published into EVIDENCE.md
 evidence: .venv/.installed
 	$(PY) merge_notebook.py
 	status=0; for t in cv nlp; do \

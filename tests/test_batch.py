@@ -83,6 +83,7 @@ def test_demo_plan_covers_every_combination_budget_and_grid(task, small, dataset
      "'start_scale' is not a setting arm 'none' reads"),
     (lambda m: m.update(budgets=[0.5, 2]), "method.budgets: 2 is not a fraction"),
     (lambda m: m.update(curricula=["none", "shuffled"]), "unknown arm 'shuffled'"),
+    (lambda m: m["tuning"].update(seeds=0), "method.tuning.seeds: 0 is not a non-empty list"),
 ])
 def test_unfair_or_unknown_designs_fail_naming_the_key(tmp_path, edit, message):
     profile = yaml.safe_load((ROOT / "params" / "cv-demo.yaml").read_text())
@@ -187,6 +188,24 @@ def test_seeds_replace_the_profiles(tmp_path):
     assert {j["params"]["seed"] for j in plan["stages"]["method"]} == {3, 4}
     main = [j for j in plan["stages"]["method"] if j["main"]]
     assert len(main) == 2 * 2 * 3 * 3 * 2
+
+
+def test_the_tuning_grid_runs_its_own_seeds_beside_its_versions_more(tmp_path):
+    """The demo tunes on its smallest version with one seed (tuning.seeds) while that
+    version's cases run more; without tuning.seeds the grid runs the version's seeds."""
+    profile = yaml.safe_load((ROOT / "params" / "cv-demo.yaml").read_text())
+    m = profile["method"]
+    version = m["tuning"]["version"]
+
+    def seeds_of(plan, grid):
+        return {j["params"]["seed"] for j in plan["stages"]["method"]
+                if bool(j.get("varied")) == grid and j["params"]["version"] == version}
+    plan = run_batch.expand_plan(run_batch.load_profile(_write(tmp_path, profile)), "o", "c")
+    assert seeds_of(plan, grid=True) == set(m["tuning"]["seeds"]) == {0}
+    assert seeds_of(plan, grid=False) == set(m["seeds_per_version"][version]) == {0, 1}
+    del m["tuning"]["seeds"]
+    plan = run_batch.expand_plan(run_batch.load_profile(_write(tmp_path, profile)), "o", "c")
+    assert seeds_of(plan, grid=True) == {0, 1}
 
 
 TINY_NLP = {

@@ -240,7 +240,7 @@ def expand_shortcodes(text: str, output_dir: Path, task: str, presenters=None,
             return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
         claim = evidence_claim(task, evidence)
         if claim:
-            return f"{claim} (EVIDENCE.md, the multi-seed evidence run)"
+            return f"{claim} (EVIDENCE.md)"
         return (f"{finding(findings, 'claim')} The multi-seed evidence run (`make evidence`) "
                 "has not been run, so this is one run's finding, not the study's claim.")
 

@@ -364,8 +364,7 @@ def test_the_conclusion_quotes_the_evidence_claim_or_says_it_is_missing(tmp_path
                         "<!-- claim:cv -->\nProgressive resizing is 1.4x faster\n"
                         "[1.2, 1.6] over 3 seeds.\n<!-- /claim -->\n")
     quoted = render_slides.expand_shortcodes(deck, tmp_path, "cv", evidence=evidence)
-    assert ("> Progressive resizing is 1.4x faster [1.2, 1.6] over 3 seeds. (EVIDENCE.md, "
-            "the multi-seed evidence run)") in quoted
+    assert "> Progressive resizing is 1.4x faster [1.2, 1.6] over 3 seeds. (EVIDENCE.md)" in quoted
     assert "Text claim" not in quoted and "has not been run" not in quoted
 
 

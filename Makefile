@@ -59,7 +59,7 @@ evidence: .venv/.installed
 	done; exit $$status
 
 test: .venv/.installed
-	$(PY) -m pytest -n 2 --dist loadfile --durations=10 tests
+	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=10 tests
 
 # the data stage on a Caltech-256-sized synthetic archive; IMAGES=3000 for a quick run
 bench-data: .venv/.installed

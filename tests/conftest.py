@@ -6,3 +6,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import nbmodule  # noqa: E402,F401  registers the chapter importer
+
+# `make test` runs the files on 2 workers, a file at a time (`--dist loadfile`, so a
+# file's module fixtures run once). xdist hands files out in collection order; the files
+# that run a whole study go first, longest first, so that the short ones fill in at the
+# end instead of one long file running alone at the end (`--no-loadscope-reorder` keeps
+# this order: xdist's own puts the files with the most tests first).
+LONGEST_FIRST = ["test_report.py", "test_informative_cv.py", "test_batch.py",
+                 "test_report_nlp.py", "test_engines.py", "test_informative_nlp.py",
+                 "test_faults.py", "test_arms.py", "test_data_prep.py", "test_study.py"]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable within a file

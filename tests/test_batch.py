@@ -245,6 +245,7 @@ def test_the_text_chapters_run_as_a_batch(tmp_path):
         assert result["history"][-1]["throughput"] > 0
     table = (out / "tables" / "architectures.md").read_text()
     assert "GFLOPs @ 32 tokens" in table and "micro" in table
+    assert not sorted(out.rglob("*.damaged"))
     assert "sequence-length warmup" in (out / "tables" / "speedup.md").read_text()
     for name in ["samples_yahoo_answers.png", "samples_bookcorpus.png", "schedule.png",
                  "tuning.png", "final_performance.png", "time_to_target.png"]:

@@ -437,6 +437,9 @@ def check_evaluation_outputs(out: Path, phrase: str) -> None:
         assert (out / "figures" / f"{name}.png").stat().st_size > 10_000, name
     table = (out / "tables" / "speedup.md").read_text()
     assert "Geometric-mean speed-up" in table and phrase in table
+    # nothing the pipeline wrote itself was taken for a damaged file and set aside
+    assert not sorted(out.rglob("*.damaged"))
+    assert json.loads((out / "tables" / "architectures.json").read_text())[0]["params"] > 0
 
 
 def test_merged_notebook_reports_no_failures(demo_notebook_run):

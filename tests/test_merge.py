@@ -1,4 +1,7 @@
 """The chapters are clean sources; speedup.ipynb is their faithful, current merge."""
+import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -32,6 +35,26 @@ def test_chapter_sources_are_clean(path):
     markers = [nbmodule.cell_marker(c) for c in nb.cells]
     assert nbmodule.PER_RUN in markers and nbmodule.EXPORT in markers
 
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_export_cells_define_and_leave_their_demos_to_the_next_cell(path):
+    """An export cell runs whenever another chapter imports it (every batch job), so a
+    demonstration, whose value the cell would display, sits in a cell of its own."""
+    for cell in nbformat.read(path, as_version=4).cells:
+        if nbmodule.cell_marker(cell) == nbmodule.EXPORT:
+            last = ast.parse(cell.source).body[-1]
+            assert not isinstance(last, ast.Expr), f"{path.name} {cell.id}: {ast.unparse(last)}"
+
+
+def test_importing_the_chapters_builds_no_model_and_leaves_transformers_out():
+    """The image jobs import chapter 3 (and through it chapters 1-2) without paying for
+    transformers, which only the text pair's model builder imports."""
+    code = ("import sys, nbmodule, speedup.evaluation; "
+            "print('transformers' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, check=True)
+    assert done.stdout.strip() == "False", done.stderr
 
 def test_merged_notebook_is_current_and_valid():
     committed = (ROOT / "speedup.ipynb").read_text()

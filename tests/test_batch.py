@@ -210,6 +210,8 @@ def test_the_tuning_grid_runs_its_own_seeds_beside_its_versions_more(tmp_path):
     assert seeds_of(plan, grid=True) == {0, 1}
 
 
+# No tuning grid: a grid's papermill job is the image batch's (above) and the text pair's
+# grids run in test_report_nlp's study
 TINY_NLP = {
     "task": "nlp", "profile": "tiny", "label": "test profile: sample text, micro models",
     "workers": 2,
@@ -221,10 +223,7 @@ TINY_NLP = {
                "seeds": [0],
                "params": {"preset": "micro", "seq_length": 32, "start_length": 8,
                           "vocab_size": 300, "optimizer": "adamw", "epochs": 2,
-                          "batch_size": 16, "lr": 0.003, "weight_decay": 0.01},
-               "tuning": {"dataset": "bookcorpus", "version": "40KB",
-                          "grids": {"none": {"lr": [0.001]}, "progressive": {"start_length": [16]},
-                                    "difficulty": {"start_competence": [0.5]}}}},
+                          "batch_size": 16, "lr": 0.003, "weight_decay": 0.01}},
     "evaluation": {"params": {"target_fraction": 0.95}},
 }
 
@@ -248,7 +247,7 @@ def test_the_text_chapters_run_as_a_batch(tmp_path):
     assert not sorted(out.rglob("*.damaged"))
     assert "sequence-length warmup" in (out / "tables" / "speedup.md").read_text()
     for name in ["samples_yahoo_answers.png", "samples_bookcorpus.png", "schedule.png",
-                 "tuning.png", "final_performance.png", "time_to_target.png"]:
+                 "final_performance.png", "time_to_target.png"]:
         assert (out / "figures" / name).stat().st_size > 10_000
     assert (out / "tables" / "data_bookcorpus.md").exists()
 

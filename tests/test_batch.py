@@ -229,7 +229,8 @@ TINY_NLP = {
 
 
 def test_the_text_chapters_run_as_a_batch(tmp_path):
-    """A papermill run of every chapter for the text pair: data, models, training, figures."""
+    """A papermill run of every chapter for the text pair: data (both text samples' versions
+    within their budgets), models, training, figures."""
     path = _write(tmp_path, TINY_NLP)
     out = tmp_path / "out"
     assert run_batch.main([str(path), "--output-dir", str(out),
@@ -250,6 +251,10 @@ def test_the_text_chapters_run_as_a_batch(tmp_path):
                  "final_performance.png", "time_to_target.png"]:
         assert (out / "figures" / name).stat().st_size > 10_000
     assert (out / "tables" / "data_bookcorpus.md").exists()
+    for dataset in ("yahoo_answers", "bookcorpus"):  # the data chapter's text versions
+        manifest = json.loads((out / "data" / dataset / "40KB" / "manifest.json").read_text())
+        assert 0.98 * manifest["budget_bytes"] <= manifest["bytes"] <= manifest["budget_bytes"]
+        assert manifest["source"] == "sample"
 
 
 def test_a_job_done_by_other_code_is_not_taken_as_done(tmp_path, monkeypatch):

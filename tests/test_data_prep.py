@@ -669,23 +669,6 @@ def test_text_version_is_not_an_image_version(yahoo_built):
         load_text_version(out, "yahoo_answers", "xl")
 
 
-@pytest.mark.parametrize("dataset", ["yahoo_answers", "bookcorpus"])
-def test_data_chapter_runs_on_the_text_samples_through_papermill(dataset, tmp_path):
-    """The image datasets run through papermill in test_batch.py; these are the text ones."""
-    import papermill
-    root = Path(__file__).resolve().parents[1]
-    papermill.execute_notebook(
-        str(root / "chapters" / "01_data_prep.ipynb"), str(tmp_path / "out.ipynb"),
-        parameters={"dataset": dataset, "output_dir": str(tmp_path / "out"),
-                    "cache_dir": str(tmp_path / "cache")},
-        kernel_name="python3", cwd=str(root), progress_bar=False)
-    for version in ("100KB", "300KB", "1MB"):
-        manifest = json.loads((tmp_path / "out" / "data" / dataset / version /
-                               "manifest.json").read_text())
-        assert 0.98 * manifest["budget_bytes"] <= manifest["bytes"] <= manifest["budget_bytes"]
-        assert manifest["source"] == "sample"
-
-
 def test_built_versions_are_reused_without_fetching_the_source_again(tmp_path, capsys):
     """A new Colab session with its versions on Drive lost the raw archive with the VM."""
     args = ("caltech256", "sample", {"a": 30_000}, {"a": 24}, 85, FRACTIONS, False, 0,

@@ -36,7 +36,6 @@ def test_chapter_sources_are_clean(path):
     assert nbmodule.PER_RUN in markers and nbmodule.EXPORT in markers
 
 
-
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
 def test_export_cells_define_and_leave_their_demos_to_the_next_cell(path):
     """An export cell runs whenever another chapter imports it (every batch job), so a
@@ -55,6 +54,7 @@ def test_importing_the_chapters_builds_no_model_and_leaves_transformers_out():
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                           text=True, check=True)
     assert done.stdout.strip() == "False", done.stderr
+
 
 def test_merged_notebook_is_current_and_valid():
     committed = (ROOT / "speedup.ipynb").read_text()

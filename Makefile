@@ -12,7 +12,7 @@ IMAGES  ?=
 PRESENTERS ?=
 RENDER  = $(PY) render_slides.py --output-dir $(OUT) $(if $(PRESENTERS),--presenters "$(PRESENTERS)")
 
-.PHONY: report batch merge slides slides-check test evidence bench-data bench-text bench-text-data clean \
+.PHONY: report sync batch merge slides slides-check test evidence bench-data bench-text bench-text-data clean \
 	test-colab
 .DEFAULT_GOAL := report
 
@@ -26,6 +26,7 @@ RENDER  = $(PY) render_slides.py --output-dir $(OUT) $(if $(PRESENTERS),--presen
 	touch $@
 
 report: .venv/.installed
+	$(PY) nbexport.py
 	$(PY) merge_notebook.py
 	$(PY) run_batch.py params/$(TASK)-$(PROFILE).yaml --output-dir $(OUT) \
 		$(if $(WORKERS),--workers $(WORKERS)); status=$$?; \
@@ -35,6 +36,11 @@ batch: .venv/.installed
 	$(PY) run_batch.py params/$(TASK)-$(PROFILE).yaml --output-dir $(OUT)
 
 merge: .venv/.installed
+	$(PY) merge_notebook.py
+
+# After editing a chapter: its export cells -> speedup/*.py, the chapters -> speedup.ipynb
+sync: .venv/.installed
+	$(PY) nbexport.py
 	$(PY) merge_notebook.py
 
 slides: .venv/.installed
@@ -50,11 +56,11 @@ slides-check: .venv/.installed
 # The evidence run: both pairs' evidence profiles (params/<task>-evidence.yaml, >= 5 seeds,
 # about 34 minutes on 2 cores, install included), each pair's claims published into EVIDENCE.md
 evidence: .venv/.installed
+	$(PY) nbexport.py
 	$(PY) merge_notebook.py
 	status=0; for t in cv nlp; do \
 		$(PY) run_batch.py params/$$t-evidence.yaml --output-dir _evidence_$$t || status=1; \
-		test -f _evidence_$$t/tables/evidence.md && $(PY) -c "import nbmodule; \
-			from speedup.evaluation import publish_evidence; \
+		test -f _evidence_$$t/tables/evidence.md && $(PY) -c "from speedup.evaluation import publish_evidence; \
 			publish_evidence('_evidence_$$t', 'EVIDENCE.md')" || status=1; \
 	done; exit $$status
 

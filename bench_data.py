@@ -25,8 +25,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
-import nbmodule  # noqa: E402,F401  registers the chapter importer
-from speedup.data_prep import (  # noqa: E402
+from speedup.data import (  # noqa: E402
     build_size_versions, encode_image, parallel_map, read_caltech256,
 )
 

@@ -21,8 +21,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
-import nbmodule  # noqa: E402,F401  registers the chapter importer
-from speedup.architectures import (  # noqa: E402
+from speedup.models import (  # noqa: E402
     TEXT_PRESETS, build_text_model, count_parameters, count_text_flops, text_model_label,
 )
 

@@ -36,8 +36,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
-import nbmodule  # noqa: E402,F401  registers the chapter importer
-from speedup.data_prep import (  # noqa: E402
+from speedup.samples import (  # noqa: E402
     _TOPIC_WORDS, _sample_book_sentence, _sample_yahoo_rows,
 )
 
@@ -138,8 +137,8 @@ CHILD = textwrap.dedent("""
     import json, resource, sys, time
     started = time.perf_counter()
     sys.path.insert(0, {root!r})
-    import nbmodule
-    from speedup.data_prep import TextLines, _files, prepare_dataset
+    from speedup.prepare import prepare_dataset
+    from speedup.textdata import TextLines, _files
     import_s = time.perf_counter() - started
     started = time.perf_counter()
     if {task!r} == "import":

@@ -26,7 +26,7 @@ import nbformat
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-import nbmodule  # noqa: E402
+import nbexport  # noqa: E402
 import run_batch  # noqa: E402
 
 TARGET = ROOT / "speedup.ipynb"
@@ -183,10 +183,10 @@ def chapter_cells(topic: str, path: Path) -> list:
     nb = nbformat.read(path, as_version=4)
     cells, moved = [], False
     for cell in nb.cells:
-        marker = nbmodule.cell_marker(cell)
-        if "parameters" in cell.metadata.get("tags", []) or marker == nbmodule.CHAPTER_IMPORT:
+        marker = nbexport.cell_marker(cell)
+        if "parameters" in cell.metadata.get("tags", []) or marker == nbexport.CHAPTER_IMPORT:
             continue
-        if marker == nbmodule.PER_RUN:
+        if marker == nbexport.PER_RUN:
             if not moved:
                 cells.append(markdown(
                     f"*This chapter's runs for the chosen profile are in part 2: "
@@ -199,7 +199,7 @@ def chapter_cells(topic: str, path: Path) -> list:
         clean.metadata = {}
         cells.append(clean)
     if not moved:
-        raise ValueError(f"{path}: no '{nbmodule.PER_RUN}' cell to run the plan's jobs")
+        raise ValueError(f"{path}: no '{nbexport.PER_RUN}' cell to run the plan's jobs")
     return cells
 
 

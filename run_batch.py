@@ -47,16 +47,17 @@ from tqdm.auto import tqdm
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
-import nbmodule  # noqa: E402  makes `speedup.<topic>` importable
+import nbexport  # noqa: E402
+from speedup.data import read_version_manifest, version_dir  # noqa: E402
+from speedup.files import DiskFullError, lacks, read_json_checked, write_json  # noqa: E402
 from speedup.method import (  # noqa: E402  the plan's one home: chapter 3
-    STAGES, BatchLocked, DiskFullError, NoGPUError, ProfileError, batch_lock, blocked_by,
-    check_device, diverged_runs, estimate_study, failure_summary, lacks, parameter_defaults,
-    parse_profile, read_json_checked, read_result, read_version_manifest, study_status,
-    version_dir, write_json,
+    STAGES, BatchLocked, NoGPUError, ProfileError, batch_lock, blocked_by, check_device,
+    diverged_runs, estimate_study, failure_summary, parameter_defaults, parse_profile,
+    read_result, study_status,
 )
 from speedup.method import expand_plan as expand_chapter_plan  # noqa: E402
 
-CHAPTERS = {stage: nbmodule.chapter_path(stage) for stage in STAGES}
+CHAPTERS = {stage: nbexport.chapter_path(stage) for stage in STAGES}
 KERNEL = "python3"
 
 

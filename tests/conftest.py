@@ -1,11 +1,10 @@
-"""Make the chapters importable as ``speedup.<topic>`` (see nbmodule.py)."""
+"""The package speedup/ (generated from the chapters by nbexport.py) is imported from this
+checkout."""
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-import nbmodule  # noqa: E402,F401  registers the chapter importer
 
 # `make test` runs the files on 2 workers, a file at a time (`--dist loadfile`, so a
 # file's module fixtures run once). xdist hands files out in collection order; the files

@@ -3,7 +3,7 @@ chapter 4's informative-range check on them: tests/test_informative_{cv,nlp}.py.
 from pathlib import Path
 
 import run_batch
-from speedup.data_prep import prepare_dataset
+from speedup.prepare import prepare_dataset
 from speedup.evaluation import informative_ranges, load_results, with_roles
 from speedup.method import run_training
 

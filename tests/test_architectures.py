@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from speedup.architectures import build_model, count_flops, count_parameters, model_label
+from speedup.models import build_model, count_flops, count_parameters, model_label
 
 
 @pytest.mark.parametrize("arch", ["vgg11_bn", "vgg16", "resnet18", "resnet50"])

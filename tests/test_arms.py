@@ -15,7 +15,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TOY_ARM = '''#| export
+TOY_ARM = '''#| export method
 @register_arm
 class FixedSmall(Arm):
     """A toy arm: trains at start_scale x the full size throughout."""
@@ -45,9 +45,10 @@ PROFILE = {
 
 def _project_copy(dest: Path) -> Path:
     dest.mkdir()
-    for name in ("run_batch.py", "nbmodule.py"):
+    for name in ("run_batch.py", "nbexport.py"):
         shutil.copy(ROOT / name, dest / name)
-    shutil.copytree(ROOT / "chapters", dest / "chapters")
+    for name in ("chapters", "speedup"):
+        shutil.copytree(ROOT / name, dest / name)
     return dest
 
 
@@ -58,6 +59,7 @@ def test_a_toy_arm_added_as_one_cell_runs_through_the_batch_and_the_evaluation(t
     registry = next(i for i, c in enumerate(book.cells) if "def register_arm" in c.source)
     book.cells.insert(registry + 1, nbformat.v4.new_code_cell(TOY_ARM))
     nbformat.write(book, path)
+    subprocess.run([sys.executable, "nbexport.py"], cwd=project, check=True)   # make sync
     profile = tmp_path / "toy.yaml"
     profile.write_text(yaml.safe_dump(PROFILE))
     out = tmp_path / "out"

@@ -15,13 +15,18 @@ import torch
 from scipy.stats import spearmanr
 from PIL import Image
 
-from speedup.data_prep import (
-    CALTECH_NAMES, DATASETS, SAMPLE_DIFFICULTY, SAMPLE_FORMAT, VOC_CLASSES, ArchiveError, DownloadError, build_size_versions,
-    download, encode_image, fetch_dataset, load_text_version, load_version,
-    make_sample_bookcorpus, make_sample_caltech256, make_sample_voc2012,
-    make_sample_yahoo_answers, nested_order, prepare_dataset, read_caltech256, read_voc2012,
-    read_voc_annotation, read_yahoo_answers, safe_extract,
+from speedup.samples import (
+    CALTECH_NAMES, SAMPLE_DIFFICULTY, SAMPLE_FORMAT, make_sample_bookcorpus,
+    make_sample_caltech256, make_sample_voc2012, make_sample_yahoo_answers,
 )
+from speedup.registry import DATASETS, VOC_CLASSES
+from speedup.files import ArchiveError, DownloadError, download, safe_extract
+from speedup.data import (
+    build_size_versions, encode_image, fetch_dataset, load_version, nested_order,
+    read_caltech256, read_voc2012, read_voc_annotation,
+)
+from speedup.textdata import load_text_version, read_yahoo_answers
+from speedup.prepare import prepare_dataset
 
 N_CLASSES = 6
 # growing budgets with growing short sides: nesting must still hold
@@ -714,7 +719,7 @@ def test_the_samples_known_difficulty_reaches_every_version_and_means_what_it_sa
     prepare_dataset("yahoo_answers", "sample", {"a": 60_000}, None, None, FRACTIONS, False, 0,
                     tmp_path / "out", tmp_path / "cache", show=False)
     text = load_text_version(tmp_path / "out", "yahoo_answers", "a").train
-    from speedup.data_prep import _TOPIC_WORDS
+    from speedup.samples import _TOPIC_WORDS
     share = [np.mean([w in _TOPIC_WORDS[label].split() for w in t.lower().split()])
              for t, label in zip(text.texts, text.labels)]
     assert text.difficulty is not None and len(text.difficulty) == len(text)

@@ -14,12 +14,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import speedup.data_prep as data_prep
-from speedup.data_prep import (
-    DATASETS, DownloadError, TextLines, fetch_dataset, make_sample_bookcorpus,
-    make_sample_yahoo_answers, prepare_dataset, prepare_text_dataset, read_bookcorpus,
-    read_voc2012,
-)
+import speedup.files as files
+import speedup.textdata as textdata
+from speedup.registry import DATASETS
+from speedup.files import DownloadError
+from speedup.textdata import TextLines, prepare_text_dataset, read_bookcorpus
+from speedup.data import fetch_dataset, read_voc2012
+from speedup.samples import make_sample_bookcorpus, make_sample_yahoo_answers
+from speedup.prepare import prepare_dataset
 from test_data_prep import _Server, _sample_voc_tar
 
 FRACTIONS = [0.7, 0.15, 0.15]
@@ -73,7 +75,7 @@ def test_mirror_pinned_by_sha1_rejects_other_bytes_with_both_digests(tmp_path, s
     url = f"{server.url}/x.tar"
     with pytest.raises(DownloadError, match=rf"{url}: checksum mismatch: expected sha1 "
                                             rf"{'a' * 40}, got sha1 [0-9a-f]{{40}}"):
-        data_prep.download([{"url": url, "sha1": "a" * 40}], tmp_path / "dl" / "x.tar")
+        files.download([{"url": url, "sha1": "a" * 40}], tmp_path / "dl" / "x.tar")
     assert not list((tmp_path / "dl").iterdir())
 
 
@@ -288,12 +290,12 @@ def test_text_lines_slices_match_the_files(tmp_path):
 
     def no_scan(*args):
         raise AssertionError("the cached index was not used")
-    saved, data_prep._scan_lines = data_prep._scan_lines, no_scan
+    saved, textdata._scan_lines = textdata._scan_lines, no_scan
     try:
         assert TextLines([tmp_path / "a.txt", tmp_path / "b.txt"], stride=7,
                          index_path=index)[60:63] == lines[60:63]
     finally:
-        data_prep._scan_lines = saved
+        textdata._scan_lines = saved
     (tmp_path / "b.txt").write_text("changed\n")                 # a stale index is rebuilt
     assert len(TextLines([tmp_path / "a.txt", tmp_path / "b.txt"], stride=7,
                          index_path=index)) == 62

@@ -6,11 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from speedup.evaluation import (ARMS, Arm, add_targets, arm_stats, arm_summary,
-                                bootstrap_speedup, evaluate_study, geometric_mean,
-                                median_time, percentile_interval, performance_profile,
-                                register_arm, speedup_summary, speedups, study_label,
-                                time_to_target, version_bytes)
+from speedup.method import ARMS, Arm, register_arm
+from speedup.evaluation import (
+    add_targets, arm_stats, arm_summary, bootstrap_speedup, evaluate_study, geometric_mean,
+    median_time, percentile_interval, performance_profile, speedup_summary, speedups,
+    study_label, time_to_target, version_bytes,
+)
 
 INF = float("inf")
 
@@ -246,8 +247,8 @@ def test_a_newly_registered_arm_appears_everywhere(tmp_path):
 
 from scipy.stats import spearmanr  # noqa: E402
 
-from speedup.evaluation import (EXAMPLES_SUFFIX, difficulty_check,  # noqa: E402
-                                difficulty_markdown, save_examples)
+from speedup.method import EXAMPLES_SUFFIX, save_examples
+from speedup.evaluation import difficulty_check, difficulty_markdown
 
 
 def _records(tmp_path, name, **arrays):

@@ -21,11 +21,14 @@ import torch
 import yaml
 
 import run_batch
-from speedup.evaluation import (add_targets, evaluate_study, load_examples, load_plan,
-                                load_results, with_roles)
-from speedup.method import (Checkpoint, DiskFullError, UnknownVersionError, batch_lock,
-                            completed_runs, diverged_runs, read_manifest, read_result,
-                            run_training, write_json)
+from speedup.evaluation import (
+    add_targets, evaluate_study, load_examples, load_plan, load_results, with_roles,
+)
+from speedup.method import (
+    Checkpoint, batch_lock, completed_runs, diverged_runs, read_result, run_training,
+)
+from speedup.files import DiskFullError, write_json
+from speedup.data import UnknownVersionError, read_manifest
 from test_evaluation import _result, _study   # the synthetic study of chapter 4's tests
 from test_study import _params   # a tiny run's settings
 

@@ -8,7 +8,7 @@ import nbformat
 import pytest
 
 import merge_notebook
-import nbmodule
+import nbexport
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = sorted((ROOT / "chapters").glob("[0-9][0-9]_*.ipynb"))
@@ -32,8 +32,8 @@ def test_chapter_sources_are_clean(path):
             assert cell.outputs == [] and cell.execution_count is None, cell.id
     params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1
-    markers = [nbmodule.cell_marker(c) for c in nb.cells]
-    assert nbmodule.PER_RUN in markers and nbmodule.EXPORT in markers
+    markers = [nbexport.cell_marker(c) for c in nb.cells]
+    assert nbexport.PER_RUN in markers and nbexport.EXPORT in markers
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
@@ -41,7 +41,7 @@ def test_export_cells_define_and_leave_their_demos_to_the_next_cell(path):
     """An export cell runs whenever another chapter imports it (every batch job), so a
     demonstration, whose value the cell would display, sits in a cell of its own."""
     for cell in nbformat.read(path, as_version=4).cells:
-        if nbmodule.cell_marker(cell) == nbmodule.EXPORT:
+        if nbexport.cell_marker(cell) == nbexport.EXPORT:
             last = ast.parse(cell.source).body[-1]
             assert not isinstance(last, ast.Expr), f"{path.name} {cell.id}: {ast.unparse(last)}"
 
@@ -49,7 +49,7 @@ def test_export_cells_define_and_leave_their_demos_to_the_next_cell(path):
 def test_importing_the_chapters_builds_no_model_and_leaves_transformers_out():
     """The image jobs import chapter 3 (and through it chapters 1-2) without paying for
     transformers, which only the text pair's model builder imports."""
-    code = ("import sys, nbmodule, speedup.evaluation; "
+    code = ("import sys, speedup.evaluation; "
             "print('transformers' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                           text=True, check=True)
@@ -71,12 +71,11 @@ def test_merged_notebook_holds_each_definition_once():
     merged = nbformat.read(ROOT / "speedup.ipynb", as_version=4)
     sources = [c.source for c in merged.cells]
     for path in CHAPTERS:
-        for source in nbmodule.exported_source(path):
-            marker = source.splitlines()[0]
-            if marker == nbmodule.EXPORT:
-                assert sources.count(source) == 1
-    markers = {nbmodule.cell_marker(c) for c in merged.cells}
-    assert nbmodule.PER_RUN not in markers and nbmodule.CHAPTER_IMPORT not in markers
+        for cell in nbformat.read(path, as_version=4).cells:
+            if nbexport.cell_marker(cell) == nbexport.EXPORT:
+                assert sources.count(cell.source) == 1
+    markers = {nbexport.cell_marker(c) for c in merged.cells}
+    assert nbexport.PER_RUN not in markers and nbexport.CHAPTER_IMPORT not in markers
     loops = [c.source for c in merged.cells if c.id.endswith("-run")]
     assert len(loops) == 4 and all("run_stage(PLAN" in s for s in loops)
 
@@ -109,7 +108,7 @@ def test_no_cell_of_the_merged_notebook_rebinds_a_definition():
             elif isinstance(node, ast.Assign):
                 names |= {n.id for t in node.targets for n in ast.walk(t)
                           if isinstance(n, ast.Name)}
-        if nbmodule.cell_marker(cell) == nbmodule.EXPORT:
+        if nbexport.cell_marker(cell) == nbexport.EXPORT:
             exported |= names
         else:
             clashes += [(cell.id, n) for n in names & exported]

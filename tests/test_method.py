@@ -1,6 +1,7 @@
 """Unit tests of chapter 3's definitions: schedules, metrics, scoring, the loop."""
 import dataclasses
 import math
+import os
 import time
 from types import SimpleNamespace as NS
 
@@ -10,9 +11,11 @@ import torch
 from sklearn.metrics import average_precision_score, f1_score
 
 import run_batch
-from speedup.method import (RESULT_KEYS, RunConfig, arm_of, batch_shapes, channel_stats,
-                            classification_metrics, competence, difficulty_scores, fit,
-                            parameter_defaults, progressive_size, run_id, train_loop)
+from speedup.method import (
+    RESULT_KEYS, RunConfig, arm_of, batch_shapes, channel_stats, classification_metrics,
+    competence, difficulty_scores, fit, parameter_defaults, progressive_size, run_id,
+    train_loop,
+)
 
 # The chapter's parameters cell: a run's settings as the batch passes them (minus variants).
 DEFAULTS = {k: v for k, v in parameter_defaults(run_batch.parameters_source("method")).items()
@@ -113,7 +116,7 @@ def _toy_data(n, multi=False):
 @pytest.mark.parametrize("multi", [False, True])
 def test_fit_learns_and_records_each_validation_pass(kind, multi):
     torch.set_num_threads(1)
-    from speedup.architectures import build_model
+    from speedup.models import build_model
     data = NS(train=_toy_data(192, multi), val=_toy_data(48, multi), multi_label=multi)
     net = build_model("resnet18", 3, width=8, full_size=16)
     dev = torch.device("cpu")
@@ -338,15 +341,16 @@ from pathlib import Path  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 import speedup.method as method  # noqa: E402
-from speedup.method import (EXAMPLES_SUFFIX, example_records, image_example_losses,  # noqa: E402
-                            per_example_loss, rank_correlation, ranks_examples,
-                            text_example_losses)
+from speedup.method import (
+    EXAMPLES_SUFFIX, example_records, image_example_losses, per_example_loss, rank_correlation,
+    ranks_examples, text_example_losses,
+)
 
 
 @pytest.fixture(scope="module")
 def tiny_version(tmp_path_factory):
     """The 40KB sample version of Caltech-256 at 16 px."""
-    from speedup.data_prep import prepare_dataset
+    from speedup.prepare import prepare_dataset
     out = tmp_path_factory.mktemp("records")
     prepare_dataset("caltech256", "sample", {"40KB": 40_000}, {"40KB": 16}, 85,
                     [0.7, 0.15, 0.15], False, 0, out, out / "cache", show=False)
@@ -441,7 +445,7 @@ def test_the_trained_baselines_losses_rank_a_constructed_difficulty():
     hardest fifth carry a wrong label; after training, the per-example losses (eval mode,
     full size, the split's order) must rank them."""
     torch.set_num_threads(1)
-    from speedup.architectures import build_model
+    from speedup.models import build_model
     g = torch.Generator().manual_seed(2)
     n = 192
     known = torch.rand(n, generator=g)
@@ -482,8 +486,8 @@ def test_a_multi_label_examples_loss_averages_its_scored_classes():
 
 
 def _text_task(objective, arch, n=12, length=16):
-    from speedup.architectures import build_text_model
-    from speedup.data_prep import train_tokenizer
+    from speedup.models import build_text_model
+    from speedup.textdata import train_tokenizer
     from transformers import DataCollatorForLanguageModeling
     words = "the cat sat on a mat while dogs ran far away from home".split()
     rng = np.random.default_rng(0)
@@ -547,3 +551,22 @@ def test_text_example_losses_are_each_examples_loss_as_the_model_is_scored(objec
                                                      None, None)
             one = torch.nn.functional.cross_entropy(logits.flatten(0, -2), wanted.flatten())
         assert loss[i] == pytest.approx(float(one), rel=1e-4)
+
+
+def test_an_error_in_a_training_step_names_its_module_and_chapter_cell(tiny_version,
+                                                                       monkeypatch):
+    """The library runs from speedup/: a traceback points into a generated module, and
+    its notes lead to the chapter cell that explains the failing line."""
+    import re
+    import traceback
+
+    def broken_step(self, loss, opt):
+        raise RuntimeError("a broken training step")
+
+    monkeypatch.setattr(method.MixedPrecision, "backward_step", broken_step)
+    with pytest.raises(RuntimeError, match="a broken training step") as info:
+        method.run_training(**_tiny_run(tiny_version, curriculum="none", run_name="broken"))
+    text = "".join(traceback.format_exception(info.value))
+    assert f"speedup{os.sep}method.py" in text          # the frames of the package
+    assert re.search(r"speedup/method\.py:\d+ train_loop <- chapters/03_method\.ipynb, "
+                     r"cell 03-016d", text), text[-2000:]

@@ -13,12 +13,13 @@ import pytest
 import torch
 
 import run_batch
-from speedup.architectures import build_model, build_text_model
-from speedup.data_prep import prepare_dataset
-from speedup.method import (arm_of, NoGPUError, StudyFailed, channel_stats, check_device,
-                            expand_plan, finish, fit, fit_text, parameter_defaults,
-                            parse_profile, prepare_text_task, resolve_precision, run_stage,
-                            run_training)
+from speedup.models import build_model, build_text_model
+from speedup.prepare import prepare_dataset
+from speedup.method import (
+    arm_of, NoGPUError, StudyFailed, channel_stats, check_device, expand_plan, finish, fit,
+    fit_text, parameter_defaults, parse_profile, prepare_text_task, resolve_precision,
+    run_stage, run_training,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING = {"interval_time_s", "train_time_s", "throughput"}  # wall-clock: differs run to run
@@ -28,7 +29,6 @@ TIMING = {"interval_time_s", "train_time_s", "throughput"}  # wall-clock: differ
 KILLED_RUN = """
 import json, os, signal, sys
 sys.path.insert(0, {root!r})
-import nbmodule
 import speedup.method as method
 save = method.Checkpoint.save
 

@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from speedup.architectures import (TEXT_PRESETS, build_text_model, count_parameters,
-                                   count_text_flops, text_model_label)
+from speedup.models import (
+    TEXT_PRESETS, build_text_model, count_parameters, count_text_flops, text_model_label,
+)
 
 
 @pytest.mark.parametrize("arch", ["bert", "gpt1"])

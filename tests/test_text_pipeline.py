@@ -6,15 +6,15 @@ import pytest
 import torch
 
 import run_batch
-import speedup.data_prep as data_prep
-from speedup.data_prep import load_text_version, train_tokenizer, version_tokenizer
+import speedup.textdata as textdata
+from speedup.textdata import load_text_version, train_tokenizer, version_tokenizer
 from speedup.method import sequence_length, split_to_length
 
 
 def _prepared(tmp_path_factory, dataset: str) -> str:
     """An output dir holding the 60KB version of a text sample."""
     out = tmp_path_factory.mktemp(dataset)
-    data_prep.prepare_text_dataset(dataset, "sample", {"60KB": 60_000},
+    textdata.prepare_text_dataset(dataset, "sample", {"60KB": 60_000},
                                    [0.7, 0.15, 0.15], 0, str(out / "out"), str(out / "cache"))
     return str(out / "out")
 
@@ -45,7 +45,7 @@ def test_version_tokenizer_trains_on_the_training_split_only_and_caches(yahoo, m
         seen.append(list(texts))
         return train_tokenizer(texts, arch, vocab_size)
 
-    monkeypatch.setattr(data_prep, "train_tokenizer", spy)
+    monkeypatch.setattr(textdata, "train_tokenizer", spy)
     first = version_tokenizer(yahoo, "yahoo_answers", "60KB", "gpt1", 400, pretrained=False)
     assert seen == [load_text_version(yahoo, "yahoo_answers", "60KB").train.texts]
     again = version_tokenizer(yahoo, "yahoo_answers", "60KB", "gpt1", 400, pretrained=False)
@@ -77,10 +77,11 @@ import math  # noqa: E402
 
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score  # noqa: E402
 
-from speedup.architectures import build_text_model  # noqa: E402
-from speedup.method import (arm_of, evaluate_text, fit_text, lm_metrics,  # noqa: E402
-                            mask_tokens, pad_rows, prepare_text_task, rarity_scores,
-                            run_training, text_forward, token_stats)
+from speedup.models import build_text_model  # noqa: E402
+from speedup.method import (
+    arm_of, evaluate_text, fit_text, lm_metrics, mask_tokens, pad_rows, prepare_text_task,
+    rarity_scores, run_training, text_forward, token_stats,
+)
 
 
 @pytest.fixture(scope="module")

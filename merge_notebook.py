@@ -31,7 +31,7 @@ import run_batch  # noqa: E402
 
 TARGET = ROOT / "speedup.ipynb"
 ENTRY_POINTS = {"data_prep": "prepare_dataset", "architectures": "describe_architectures",
-                "method": "run_training", "evaluation": "evaluate_study"}
+                "method": "train_runs", "evaluation": "evaluate_study"}
 STAGE_TITLES = {"data_prep": "Data: the three versions of each dataset (chapter 1)",
                 "architectures": "The networks, their sizes and FLOPs (chapter 2)",
                 "method": "Training every run (chapter 3)",
@@ -124,21 +124,24 @@ readable file (the same YAML as `params/<task>-<profile>.yaml` in the repository
 a value here and run again. `expand_plan` (chapter 3) checks every name and type against \
 the chapters' parameters, listed after the profiles, before any work starts.
 
-Each stage calls its chapter's entry point for each of its jobs. A job that fails is \
+Each stage runs its jobs with chapter 3's runner, `run_plan` (the one `run_batch.py` \
+uses), calling each job's chapter entry point in this kernel. A job that fails is \
 recorded and the study goes on; the jobs that need its output are skipped, naming it; \
-the last cell then fails with the list. Running again skips everything already \
-complete and resumes an interrupted training run from its checkpoint.
+the last cell then fails with the list. Running again reuses every finished version and \
+run and resumes an interrupted training run from its checkpoint.
 """
 
 PLAN = """\
 defaults = {stage: parameter_defaults(source) for stage, source in CHAPTER_PARAMETERS.items()}
+ENTRY_POINTS = {"data_prep": prepare_dataset, "architectures": describe_architectures,
+                "method": train_runs, "evaluation": evaluate_study}
+RUN_HERE = in_this_kernel(ENTRY_POINTS, output_dir)   # run_plan's way to start a job
 name = f"{task}-{profile}"
 if name not in PROFILES:
     raise ValueError(f"no profile {profile!r} for task {task!r}; profiles: {sorted(PROFILES)}")
 PLAN = expand_plan(parse_profile(PROFILES[name], f"params/{name}.yaml"), defaults,
                    output_dir, cache_dir, seeds or None)
 check_device(PLAN, allow_cpu)
-write_json(Path(output_dir, "plan.json"), PLAN)
 STATUSES = {}  # job id -> complete | failed (with the error) | skipped (with the reason)
 print(f"{name}:", {stage: len(jobs) for stage, jobs in PLAN["stages"].items()})
 """
@@ -154,12 +157,13 @@ print(study_status(PLAN, output_dir))
 """
 
 SHOW_FIGURES = """\
-from IPython.display import Image, display
+from IPython.display import Image, Markdown, display
 
-for study in evaluation_results:
-    print(study["label"], "-", study["runs"], "runs")
-    print(Path(output_dir, "tables", "speedup.md").read_text())
-    for path in study["figures"].values():
+table = Path(output_dir, "tables", "speedup.md")
+if table.exists():
+    display(Markdown(table.read_text()))
+for path in sorted(Path(output_dir, "figures").glob("*.png")):
+    if not path.name.startswith("slide_"):
         display(Image(filename=str(path)))
 """
 
@@ -226,7 +230,7 @@ def defaults_cell():
     """Each chapter's parameters cell, verbatim: the defaults a profile's settings layer on."""
     parts = [f'    "{stage}": """\\\n'
              f'{_embeddable(run_batch.parameters_source(stage), stage)}\n""",'
-             for stage in run_batch.STAGES]
+             for stage in run_batch.STAGES if stage != "method"]
     return code("# The chapters' own parameters cells: every setting a profile may change.\n"
                 "CHAPTER_PARAMETERS = {\n" + "\n".join(parts) + "\n}", "gen-chapter-parameters")
 
@@ -240,8 +244,8 @@ def part_two() -> list:
                               f"{number}-run-md"))
         if stage == "method":
             cells.append(code(ESTIMATE, "gen-estimate"))
-        cells.append(code(f"{stage}_results = run_stage(PLAN, {stage!r}, "
-                          f"{ENTRY_POINTS[stage]}, STATUSES)", f"{number}-run"))
+        cells.append(code(f"run_plan(PLAN, output_dir, RUN_HERE, stages=[{stage!r}], "
+                          "statuses=STATUSES);", f"{number}-run"))
         if stage == "method":
             cells.append(code("print(study_status(PLAN, output_dir))", "gen-status"))
     cells += [code(SHOW_FIGURES, "gen-figures"),

@@ -6,17 +6,19 @@
     python run_batch.py params/cv-full.yaml --executor submitit --workers 14   # on SLURM
 
 A profile (``params/*.yaml``) names the combinations; chapter 3's ``expand_plan``
-turns it into a plan of jobs in four stages (data prep -> architectures -> method
--> evaluation), checking every parameter against the chapter's own ``parameters``
-cell (unknown keys and wrong types fail before anything runs). This script
-executes each job as a papermill notebook, in parallel within a stage, keeping
+(``speedup.study``) turns it into a plan of jobs in four stages (data prep ->
+architectures -> method -> evaluation), checking every value before anything runs
+(unknown keys and wrong types fail, naming the key and the file). Chapter 3's runner
+(``run_plan``, the one the merged notebook uses too) runs it; this script gives it
+papermill: each job executes its chapter notebook, in parallel within a stage, keeping
 each executed notebook under ``<output>/notebooks/`` and each job's status under
 ``<output>/batch/``. A failed job is recorded and the batch goes on; the jobs that
 depend on it are skipped (not started), naming it; the batch then exits 1 with
-a summary. Re-running skips the jobs that completed with the same parameters
+a summary. Re-running skips the jobs that completed with the same parameters and code
 (and whose outputs, read back, are intact), and a training run interrupted mid-way
 resumes from its last checkpoint. One batch at a time holds an output folder
-(``<output>/batch.lock``); a disk that fills up stops the batch with a message.
+(``<output>/batch.lock``); a disk that fills up stops the batch with a message. The
+package ``speedup/`` must match the chapters (``make sync``), else the batch refuses.
 
 Where jobs run: ``--executor local`` (default) runs them in a process pool on this
 machine, each pinned to one of its GPUs (if any); ``dask`` and ``submitit`` hand the
@@ -27,7 +29,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import contextlib
-import errno
 import hashlib
 import heapq
 import importlib
@@ -48,14 +49,13 @@ from tqdm.auto import tqdm
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 import nbexport  # noqa: E402
-from speedup.data import read_version_manifest, version_dir  # noqa: E402
-from speedup.files import DiskFullError, lacks, read_json_checked, write_json  # noqa: E402
-from speedup.method import (  # noqa: E402  the plan's one home: chapter 3
-    STAGES, BatchLocked, NoGPUError, ProfileError, batch_lock, blocked_by, check_device,
-    diverged_runs, estimate_study, failure_summary, parameter_defaults, parse_profile,
-    read_result, study_status,
+from speedup.files import write_json  # noqa: E402
+from speedup.study import (  # noqa: E402  the plan and its runner: chapter 3
+    JOB_SIZES, STAGES, BatchLocked, DiskFullError, NoGPUError, ProfileError, check_device,
+    diverged_runs, estimate_study, failure_summary, job_status, parameter_defaults,
+    parse_profile, plan_jobs, run_costs, run_plan, status_path, study_status,
 )
-from speedup.method import expand_plan as expand_chapter_plan  # noqa: E402
+from speedup.study import expand_plan as expand_chapter_plan  # noqa: E402
 
 CHAPTERS = {stage: nbexport.chapter_path(stage) for stage in STAGES}
 KERNEL = "python3"
@@ -68,8 +68,11 @@ def parameters_source(stage: str) -> str:
 
 
 def chapter_defaults() -> dict:
-    """Every stage's parameters, as {stage: {name: default}}."""
-    return {stage: parameter_defaults(parameters_source(stage)) for stage in STAGES}
+    """The parameters of the stages whose settings a profile gives by chapter parameter
+    (data, architectures, evaluation), as {stage: {name: default}}; the training runs'
+    settings are checked by the classes that own them (chapter 3's ``setting_owners``)."""
+    return {stage: parameter_defaults(parameters_source(stage)) for stage in STAGES
+            if stage != "method"}
 
 
 def load_profile(path: str | Path) -> dict:
@@ -84,80 +87,15 @@ def expand_plan(profile: dict, output_dir: str, cache_dir: str, seeds=None) -> d
     return expand_chapter_plan(profile, chapter_defaults(), output_dir, cache_dir, seeds)
 
 
-def papermill_jobs(plan: dict, stage: str) -> list[dict]:
-    """The notebooks to execute for a stage.
-
-    The plan lists training *runs*; papermill runs one notebook per model x
-    dataset x size case (and one per case of the tuning grid), whose
-    ``variants`` parameter lists the case's runs. That keeps the baseline and
-    its curricula side by side in one executed notebook, and pays the
-    kernel's start-up (importing torch) once per case instead of once per run.
-    """
-    if stage != "method":
-        return plan["stages"][stage]
-    groups: dict[str, list] = {}
-    for run in plan["stages"][stage]:
-        p = run["params"]
-        case = f"{p['arch']}-{p['dataset']}-{p['version']}"  # its seeds too: one start-up
-        # a case's arms and the baseline's budgets run side by side; grid runs apart
-        in_case = run["main"] or run.get("frontier")
-        groups.setdefault(case if in_case else f"tuning-{case}", []).append(run)
-    jobs = []
-    for ident, runs in groups.items():
-        base = runs[0]["params"]
-        variants = [{k: v for k, v in r["params"].items() if base[k] != v or k == "run_name"}
-                    for r in runs]
-        jobs.append({"id": ident, "stage": stage, "params": {**base, "variants": variants},
-                     "runs": [r["id"] for r in runs]})
-    return jobs
-
-
-def _status_path(output_dir: Path, job: dict) -> Path:
-    return output_dir / "batch" / f"{job['id']}.json"
-
-
-def _write_status(output_dir: Path, status: dict) -> dict:
-    write_json(_status_path(output_dir, status), status)
-    return status
-
-
 def code_fingerprint(stage: str) -> str:
-    """sha256 of the chapters a job of ``stage`` runs: its own and the earlier ones it
-    imports. A job done by other code is run again; the chapter's own reuse checks (data
-    versions by their settings, training runs by their key and data) decide what that
-    costs, so a rerun after an edit redoes only what the edit changed."""
-    digest = hashlib.sha256()
-    for earlier in STAGES[:STAGES.index(stage) + 1]:
-        digest.update(Path(CHAPTERS[earlier]).read_bytes())
+    """sha256 of what a job of ``stage`` runs: its chapter and the package (generated
+    from the chapters). A job done by other code is run again; the chapter's own reuse
+    checks (data versions by their settings, training runs by their key and data) decide
+    what that costs, so a rerun after an edit redoes only what the edit changed."""
+    digest = hashlib.sha256(Path(CHAPTERS[stage]).read_bytes())
+    for path in sorted((ROOT / "speedup").glob("*.py")):
+        digest.update(path.read_bytes())
     return digest.hexdigest()
-
-
-def outputs_intact(output_dir: Path, job: dict) -> bool:
-    """Whether what ``job`` wrote reads back whole: a data job's version manifests, a
-    method job's results (complete or diverged). Reading sets a damaged file aside."""
-    p = job["params"]
-    if job["stage"] == "data_prep":
-        return all(read_version_manifest(version_dir(output_dir, p["dataset"], v))
-                   is not None for v in p.get("sizes", {}))
-    if job["stage"] == "method":
-        return all(read_result(Path(output_dir, "results", f"{run}.json")) is not None
-                   for run in job.get("runs", []))
-    return True
-
-
-def is_complete(output_dir: Path, job: dict) -> bool:
-    """Done before with the same parameters and code, its outputs intact: skip it."""
-    status = read_json_checked(_status_path(output_dir, job),
-                               lambda s: lacks(s, ["status"]))
-    return (status is not None and status.get("status") == "complete"
-            and status.get("params") == job["params"]
-            and status.get("code") == code_fingerprint(job["stage"])
-            and outputs_intact(output_dir, job))
-
-
-def disk_was_full(status: dict) -> bool:
-    """Whether a failed job ran out of disk space (ENOSPC, in the kernel or here)."""
-    return "[Errno 28]" in status.get("error", "")
 
 
 def usable_cores() -> int:
@@ -167,10 +105,8 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
-def _new_status(job: dict, output_dir: str) -> dict:
-    return {"id": job["id"], "stage": job["stage"], "params": job["params"],
-            "code": code_fingerprint(job["stage"]),
-            "notebook": str(Path(output_dir, "notebooks", job["stage"], f"{job['id']}.ipynb"))}
+def _notebook(job: dict, output_dir: str) -> str:
+    return str(Path(output_dir, "notebooks", job["stage"], f"{job['id']}.ipynb"))
 
 
 def execute(job: dict, output_dir: str, threads: int | None, device: str | None = None) -> dict:
@@ -182,8 +118,9 @@ def execute(job: dict, output_dir: str, threads: int | None, device: str | None 
     os.environ["OMP_NUM_THREADS"] = str(threads or usable_cores())
     if device is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = device
-    status = {**_new_status(job, output_dir), "host": socket.gethostname(),
-              "device": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    status = job_status(job, code_fingerprint(job["stage"]), host=socket.gethostname(),
+                        device=os.environ.get("CUDA_VISIBLE_DEVICES"),
+                        notebook=_notebook(job, output_dir))
     Path(status["notebook"]).parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
     try:
@@ -199,7 +136,8 @@ def execute(job: dict, output_dir: str, threads: int | None, device: str | None 
         status["status"] = "failed"
         status["error"] = "".join(traceback.format_exception_only(type(exc), exc))[-3000:]
     status["wall_s"] = round(time.time() - start, 2)
-    return _write_status(Path(output_dir), status)
+    write_json(status_path(output_dir, job), status)
+    return status
 
 
 # ---- Devices: one job per GPU at a time --------------------------------------------------
@@ -217,20 +155,6 @@ def device_slots(workers: int, gpus: list[str], cores: int) -> list[str | None]:
     ``workers``."""
     n = max(1, min(workers, cores, len(gpus) or cores))
     return gpus[:n] if gpus else [None] * n
-
-
-def run_jobs(start, jobs: list, slots: list):
-    """Start each job on a free slot, the next as soon as one frees: ``start(job, slot)``
-    returns a future of the job's status. Yields the statuses as the jobs end."""
-    free, pending, running = list(slots), list(jobs), {}
-    while pending or running:
-        while free and pending:
-            slot = free.pop(0)
-            running[start(pending.pop(0), slot)] = slot
-        done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-        for future in done:
-            free.append(running.pop(future))
-            yield future.result()
 
 
 # ---- Engines: where the jobs run ---------------------------------------------------------
@@ -295,10 +219,12 @@ def _on_engine(run, job: dict, output_dir: str, threads, device) -> dict:
     try:
         return run(job, output_dir, threads, device)
     except Exception as exc:
-        return _write_status(Path(output_dir), {
-            **_new_status(job, output_dir), "status": "failed",
-            "error": f"the {type(exc).__name__} of the engine: {exc}"[-3000:],
-            "wall_s": round(time.time() - start, 2)})
+        status = job_status(job, code_fingerprint(job["stage"]), status="failed",
+                            notebook=_notebook(job, output_dir),
+                            error=f"the {type(exc).__name__} of the engine: {exc}"[-3000:],
+                            wall_s=round(time.time() - start, 2))
+        write_json(status_path(output_dir, job), status)
+        return status
 
 
 @contextlib.contextmanager
@@ -335,52 +261,18 @@ def open_engine(executor: str, workers: int, output_dir: str, cluster: str | Non
                slots)
 
 
-def run_plan(plan: dict, output_dir: str, workers: int, stages=STAGES,
-             executor: str = "local", cluster: str | None = None,
-             options: dict | None = None) -> dict:
-    """Execute the plan stage by stage on ``executor`` (see ``open_engine``); returns {job
-    id: status} of every job, including those completed before (``"before": True``) and
-    those skipped for a failed input."""
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "plan.json", plan)
+def run_batch(plan: dict, output_dir: str, workers: int, stages=STAGES,
+              executor: str = "local", cluster: str | None = None,
+              options: dict | None = None, job_size: str | None = None) -> dict:
+    """Execute the plan with chapter 3's runner, each job a papermill notebook on
+    ``executor`` (see ``open_engine``); returns {job id: status} of every job, including
+    those completed before (``"before": True``) and those skipped for a failed input.
+    ``job_size``: a job per case (the default here) or per run (a cluster's default)."""
+    job_size = job_size or ("case" if runs_here(executor, cluster) else "run")
+    codes = {stage: code_fingerprint(stage) for stage in stages}
     with open_engine(executor, workers, output_dir, cluster, options) as (start, slots):
-        return _run_stages(plan, out, stages, start, slots)
-
-
-def _run_stages(plan: dict, out: Path, stages, start, slots) -> dict:
-    statuses: dict[str, dict] = {}
-    for stage in stages:
-        todo, done_before = [], 0
-        for job in papermill_jobs(plan, stage):
-            # Evaluation is cheap and reads everything: always redo it.
-            if stage != "evaluation" and is_complete(out, job):
-                statuses[job["id"]] = {"status": "complete", "before": True}
-                done_before += 1
-                continue
-            reason = blocked_by(job, plan, statuses, out)
-            if reason:
-                statuses[job["id"]] = _write_status(out, {
-                    "id": job["id"], "stage": stage, "params": job["params"],
-                    "status": "skipped", "reason": reason})
-                tqdm.write(f"  SKIP {job['id']}: {reason}")
-                continue
-            todo.append(job)
-        desc = f"{stage} ({done_before} done before)" if done_before else stage
-        with tqdm(total=len(todo), desc=desc, unit="job") as bar:
-            # a job starts only when a slot is free, so a stop starts nothing new
-            for status in run_jobs(start, todo, slots):  # a status that cannot be written:
-                statuses[status["id"]] = status          # DiskFullError
-                if disk_was_full(status):   # every later write would fail too: stop
-                    raise DiskFullError(errno.ENOSPC, f"job {status['id']}: "
-                                        + status["error"].strip().splitlines()[-1])
-                mark = "ok  " if status["status"] == "complete" else "FAIL"
-                bar.write(f"  {mark} {status['id']}  {status['wall_s']:.1f}s"
-                          + ("" if status["status"] == "complete"
-                             else f"\n       {status['error'].strip().splitlines()[-1]}"
-                                  f"\n       see {status['notebook']}"))
-                bar.update()
-    return statuses
+        return run_plan(plan, output_dir, start, slots=slots, stages=stages,
+                        job_size=job_size, codes=codes)
 
 
 def wall_time(hours: list[float], devices: int) -> float:
@@ -393,7 +285,7 @@ def wall_time(hours: list[float], devices: int) -> float:
 
 
 def print_estimate(plan: dict, output_dir: str, tflops: float | None,
-                   gpus: list[int] = ()) -> None:
+                   gpus: list[int] = (), job_size: str = "case") -> None:
     table = estimate_study(plan, output_dir, tflops * 1e12 if tflops else None)
     by = table.groupby(["dataset", "version"], sort=False).hours.sum()
     print(by.round(2).to_string())
@@ -401,10 +293,12 @@ def print_estimate(plan: dict, output_dir: str, tflops: float | None,
     print(f"{len(table)} training runs, {table.train_pflops.sum():.1f} PFLOP of training, "
           f"{table.hours.sum():.1f} h at {speed}")
     hours = table.set_index("run").hours.fillna(0)
-    jobs = [hours[job["runs"]].sum() for job in papermill_jobs(plan, "method")]
+    costs = run_costs(plan, output_dir)
+    jobs = [hours[job["runs"]].sum() for job in plan_jobs(plan, "method", job_size, costs)]
     for n in gpus:
         print(f"on {n} GPU(s): {wall_time(jobs, n):.1f} h of training wall time ({len(jobs)} "
-              f"jobs; the longest {max(jobs):.1f} h, the total / {n} {sum(jobs) / n:.1f} h)")
+              f"jobs of a {job_size}, longest first; the longest {max(jobs):.1f} h, the "
+              f"total / {n} {sum(jobs) / n:.1f} h)")
 
 
 def main(argv=None) -> int:
@@ -430,11 +324,20 @@ def main(argv=None) -> int:
                          "SLURM through submitit")
     ap.add_argument("--cluster", help="dask: the scheduler's address (default: a local "
                     "cluster of --workers processes); submitit: slurm (default), local, debug")
+    ap.add_argument("--job-size", choices=JOB_SIZES, default=None,
+                    help="a method job trains one case's runs (default here) or one run "
+                         "(default on a cluster: spreads a case's runs over its GPUs)")
     ap.add_argument("--executor-param", nargs="+", default=[], metavar="KEY=VALUE",
                     help="settings of the engine: submitit's update_parameters (e.g. "
                          "slurm_partition=gpu timeout_min=720 cpus_per_task=8), or "
                          "Dask's LocalCluster")
     args = ap.parse_args(argv)
+    stale = nbexport.stale_modules()
+    if stale:
+        print(f"error: {', '.join(stale)} differ(s) from the chapters (edited without "
+              "`make sync`?): run `make sync` (python nbexport.py), then again",
+              file=sys.stderr)
+        return 2
     try:
         profile = load_profile(args.profile)
         plan = expand_plan(profile, args.output_dir, args.cache_dir, args.seeds)
@@ -447,7 +350,9 @@ def main(argv=None) -> int:
         print(json.dumps(plan, indent=1))
         return 0
     if args.estimate:
-        print_estimate(plan, args.output_dir, args.tflops, args.gpus)
+        print_estimate(plan, args.output_dir, args.tflops, args.gpus,
+                       args.job_size or ("case" if runs_here(args.executor, args.cluster)
+                                         else "run"))
         return 0
     if args.status:
         print(study_status(plan, args.output_dir))
@@ -465,9 +370,8 @@ def main(argv=None) -> int:
                                                       args.executor_param)}
     start = time.time()
     try:
-        with batch_lock(args.output_dir):
-            statuses = run_plan(plan, args.output_dir, workers, args.stages, args.executor,
-                                args.cluster, options)
+        statuses = run_batch(plan, args.output_dir, workers, args.stages, args.executor,
+                             args.cluster, options, args.job_size)
     except BatchLocked as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

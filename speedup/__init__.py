@@ -2,6 +2,6 @@
 """The study's library, one module per concern; each names the chapter that explains it."""
 
 __all__ = [
-    'data', 'evaluation', 'files', 'method', 'models', 'prepare', 'registry', 'samples',
-    'textdata',
+    'arms', 'data', 'evaluation', 'files', 'metrics', 'models', 'prepare', 'registry',
+    'samples', 'study', 'tasks', 'textdata', 'train',
 ]

@@ -12,35 +12,36 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from speedup.arms import ARMS, Arm, arm_class, Baseline, make_arm
 from speedup.data import decode_square, read_manifest, version_dir, version_names
 from speedup.files import lacks, read_json_checked, set_aside
-from speedup.method import (ARMS, EXAMPLES_SUFFIX, arm_of, Baseline, rank_correlation,
-    ranks_examples, read_result)
 from speedup.registry import DATASETS
+from speedup.tasks import task_class
 from speedup.textdata import load_text_version
+from speedup.train import EXAMPLES_SUFFIX, rank_correlation, ranks_examples, read_result
 
 __all__ = [
-    'BASELINE', 'CASE', 'arm_names', 'arm_label', 'arm_color', 'metric_label', 'version_bytes',
-    'case_order', 'in_case', 'load_results', 'load_plan', 'with_roles', 'reaches',
-    'time_to_target', 'target_value', 'diverged_runs_of', 'full_baseline', 'add_targets',
-    'target_note', 'BOOTSTRAP_REPS', 'BOOTSTRAP_SEED', 'median_time', 'bootstrap_medians',
-    'speedup_ratio', 'percentile_interval', 'bootstrap_speedup', 'geometric_mean', 'arm_stats',
-    'cheapest_budget', 'speedups', 'arm_summary', 'performance_profile', 'study_label',
-    'READABLE', 'NOT_REACHED', 'DIVERGED', 'mark_diverged', 'readable', 'save',
-    'figure_legend', 'draw_target', 'plot_schedules', 'tuning_runs', 'grid_lines', 'grid_line',
-    'panel_grid', 'plot_tuning', 'plot_convergence', 'plot_epochs_to_target', 'case_axes',
-    'plot_final_performance', 'plot_time_to_target', 'plot_speedups', 'frontier_points',
-    'draw_frontier', 'plot_frontier', 'plot_frontier_case', 'plot_performance_profile', 'fmt',
-    'fmt_score', 'fmt_ratio', 'fmt_speedup', 'fmt_test', 'all_diverged', 'seeds_reached',
-    'speedup_cell', 'score_of', 'case_name', 'vs_cheapest', 'speedup_markdown',
-    'speedup_detail_markdown', 'speedup_summary', 'load_examples', 'difficulty_check',
-    'difficulty_markdown', 'plot_difficulty_check', 'UNIGRAM_SHARE', 'QUALITY_RANGE',
-    'informative_ranges', 'informative_markdown', 'SLIDE_FIGSIZE', 'MIN_SLIDE_POINTS',
-    'SLIDE_FONTS', 'ARCH_TITLES', 'arch_title', 'dataset_title', 'version_title',
-    'param_title', 'for_slide', 'slide_figure', 'save_slide', 'slide_legend', 'texts_outside',
-    'log_scale', 'wrap', 'smallest_font', 'plan_datasets', 'slide_datasets', 'version_rows',
-    'slide_versions', 'slide_schedule', 'flagship', 'best_setting', 'fmt_value',
-    'slide_tuning', 'epochs_by_value', 'slide_convergence', 'speedup_headline',
+    'BASELINE', 'CASE', 'arm_names', 'arm_label', 'arm_color', 'schedule_arm', 'metric_label',
+    'version_bytes', 'case_order', 'in_case', 'load_results', 'load_plan', 'with_roles',
+    'reaches', 'time_to_target', 'target_value', 'diverged_runs_of', 'full_baseline',
+    'add_targets', 'target_note', 'BOOTSTRAP_REPS', 'BOOTSTRAP_SEED', 'median_time',
+    'bootstrap_medians', 'speedup_ratio', 'percentile_interval', 'bootstrap_speedup',
+    'geometric_mean', 'arm_stats', 'cheapest_budget', 'speedups', 'arm_summary',
+    'performance_profile', 'study_label', 'READABLE', 'NOT_REACHED', 'DIVERGED',
+    'mark_diverged', 'readable', 'save', 'figure_legend', 'draw_target', 'plot_schedules',
+    'tuning_runs', 'grid_lines', 'grid_line', 'panel_grid', 'plot_tuning', 'plot_convergence',
+    'plot_epochs_to_target', 'case_axes', 'plot_final_performance', 'plot_time_to_target',
+    'plot_speedups', 'frontier_points', 'draw_frontier', 'plot_frontier', 'plot_frontier_case',
+    'plot_performance_profile', 'fmt', 'fmt_score', 'fmt_ratio', 'fmt_speedup', 'fmt_test',
+    'all_diverged', 'seeds_reached', 'speedup_cell', 'score_of', 'case_name', 'vs_cheapest',
+    'speedup_markdown', 'speedup_detail_markdown', 'speedup_summary', 'load_examples',
+    'difficulty_check', 'difficulty_markdown', 'plot_difficulty_check', 'UNIGRAM_SHARE',
+    'QUALITY_RANGE', 'informative_ranges', 'informative_markdown', 'SLIDE_FIGSIZE',
+    'MIN_SLIDE_POINTS', 'SLIDE_FONTS', 'ARCH_TITLES', 'arch_title', 'dataset_title',
+    'version_title', 'param_title', 'for_slide', 'slide_figure', 'save_slide', 'slide_legend',
+    'texts_outside', 'log_scale', 'wrap', 'smallest_font', 'plan_datasets', 'slide_datasets',
+    'version_rows', 'slide_versions', 'slide_schedule', 'flagship', 'best_setting',
+    'fmt_value', 'slide_tuning', 'epochs_by_value', 'slide_convergence', 'speedup_headline',
     'slide_speedup', 'showcase_case', 'slide_showcase', 'slide_final_performance',
     'slide_cases', 'slide_frontier', 'speedup_phrase', 'and_list', 'within_target', 'findings',
     'slide_material', 'bootstrap_gap', 'evidence_table', 'verdict_kind', 'verdict',
@@ -50,7 +51,7 @@ __all__ = [
 
 
 # ---- chapters/04_evaluation.ipynb, cell 04-005
-BASELINE = Baseline.name  # "none": the arm every other arm is compared with
+BASELINE = Baseline.name  # "baseline": the arm every other arm is compared with
 CASE = ["arch", "dataset", "version"]
 
 
@@ -62,11 +63,22 @@ def arm_names(names) -> list[str]:
 
 
 def arm_label(name: str, task: str = "cv") -> str:
-    return ARMS[name].label_for(task) if name in ARMS else name
+    """An arm's label in ``task``'s figures and tables (its name if unregistered)."""
+    by_task = ARMS.get(name, {})
+    cls = by_task.get(task) or next(iter(by_task.values()), None)
+    return cls.label_for(task) if cls else name
 
 
 def arm_color(name: str) -> str:
-    return ARMS[name].color if name in ARMS else "#999999"
+    by_task = ARMS.get(name)
+    return next(iter(by_task.values())).color if by_task else "#999999"
+
+
+def schedule_arm(name: str, task: str, settings: dict) -> Arm:
+    """Arm ``name`` of ``task`` at ``settings`` (a profile's flat run settings: only the
+    arm's own knobs are taken), to draw its schedule."""
+    own = arm_class(name, task).defaults()
+    return make_arm(name, task, {k: v for k, v in settings.items() if k in own})
 
 
 def metric_label(metric: str) -> str:
@@ -179,7 +191,7 @@ def diverged_runs_of(df: pd.DataFrame) -> pd.Series:
 
 def full_baseline(df: pd.DataFrame) -> pd.DataFrame:
     """The full-budget baseline's main runs: the only runs that define the target."""
-    return df[df.main & (df.curriculum == BASELINE) & (df.budget == 1.0)]
+    return df[df.main & (df.arm == BASELINE) & (df.budget == 1.0)]
 
 
 def add_targets(df: pd.DataFrame, target_fraction: float) -> pd.DataFrame:
@@ -270,12 +282,12 @@ def arm_stats(df: pd.DataFrame) -> pd.DataFrame:
     test score with its interval (over the seeds that did not diverge: NaN if none)."""
     main = df[df.main].assign(diverged=diverged_runs_of(df[df.main]))
     rows = []
-    for k, (key, g) in enumerate(main.groupby(CASE + ["curriculum"], sort=True)):
+    for k, (key, g) in enumerate(main.groupby(CASE + ["arm"], sort=True)):
         rng = np.random.default_rng([BOOTSTRAP_SEED, k])
         done = g[~g.diverged]
         lo, hi = (percentile_interval(bootstrap_medians(done.test, rng)) if len(done)
                   else (np.nan, np.nan))
-        rows.append({**dict(zip(CASE + ["curriculum"], key)), "metric": g.metric.iloc[0],
+        rows.append({**dict(zip(CASE + ["arm"], key)), "metric": g.metric.iloc[0],
                      "target": g.target.iloc[0], "seeds": len(g),
                      "diverged": int(g.diverged.sum()),
                      "reached": int(np.isfinite(g.time_to_target_s).sum()),
@@ -293,7 +305,7 @@ def arm_stats(df: pd.DataFrame) -> pd.DataFrame:
 def cheapest_budget(df: pd.DataFrame, case: tuple) -> tuple[float, float]:
     """(budget, median time to target) of the smallest baseline budget of ``case`` (main or
     frontier runs) whose median time to target is finite; (NaN, inf) if none gets there."""
-    base = df[(df.main | df.frontier) & (df.curriculum == BASELINE)
+    base = df[(df.main | df.frontier) & (df.arm == BASELINE)
               & in_case(df, case)]
     med = base.groupby("budget").time_to_target_s.agg(median_time)
     ok = med[np.isfinite(med)]
@@ -308,7 +320,7 @@ def speedups(df: pd.DataFrame, reps: int = BOOTSTRAP_REPS) -> pd.DataFrame:
         return stats
     rows = []
     for k, case in enumerate(case_order(stats)):
-        s = stats[in_case(stats, case)].set_index("curriculum")
+        s = stats[in_case(stats, case)].set_index("arm")
         if BASELINE not in s.index:
             continue
         b = s.loc[BASELINE]
@@ -321,7 +333,7 @@ def speedups(df: pd.DataFrame, reps: int = BOOTSTRAP_REPS) -> pd.DataFrame:
             lo, hi = percentile_interval(replicates)
             with np.errstate(divide="ignore", invalid="ignore"):
                 rows.append({
-                    **dict(zip(CASE, case)), "curriculum": arm, "metric": a.metric,
+                    **dict(zip(CASE, case)), "arm": arm, "metric": a.metric,
                     "target": b.target, "baseline_seeds": b.seeds,
                     "baseline_reached": b.reached, "seeds": a.seeds, "reached": a.reached,
                     "baseline_diverged": b.diverged, "diverged": a.diverged,
@@ -346,8 +358,8 @@ def arm_summary(table: pd.DataFrame) -> pd.DataFrame:
     """Per arm across cases: cases reached, and the geometric-mean speed-up with its
     interval (replicates combined case by case) only when every case reached the target."""
     rows = []
-    for arm in arm_names(table.curriculum):
-        g = table[table.curriculum == arm]
+    for arm in arm_names(table.arm):
+        g = table[table.arm == arm]
         reached = int(np.isfinite(g.method_s).sum())
         every = reached == len(g) and bool(np.isfinite(g.speedup).all())
         gm, lo, hi = np.nan, np.nan, np.nan
@@ -355,7 +367,7 @@ def arm_summary(table: pd.DataFrame) -> pd.DataFrame:
             gm = geometric_mean(g.speedup)
             with np.errstate(divide="ignore", invalid="ignore"):
                 lo, hi = percentile_interval(np.exp(np.log(np.stack(g.replicates)).mean(0)))
-        rows.append({"curriculum": arm, "cases": len(g), "reached": reached,
+        rows.append({"arm": arm, "cases": len(g), "reached": reached,
                      "one_seed": bool(((g.seeds == 1) & (g.baseline_seeds == 1)).all()),
                      "geomean": gm, "geomean_lo": lo, "geomean_hi": hi})
     return pd.DataFrame(rows)
@@ -365,7 +377,7 @@ def performance_profile(stats: pd.DataFrame, taus=None) -> pd.DataFrame:
     """Per arm (baseline included): the fraction of cases whose median time to target is
     within ``tau`` x the fastest arm's in that case. A miss never counts."""
     taus = np.linspace(1, 4, 301) if taus is None else np.asarray(taus, dtype=float)
-    t = stats.pivot(index=CASE, columns="curriculum", values="time_to_target_s")
+    t = stats.pivot(index=CASE, columns="arm", values="time_to_target_s")
     with np.errstate(invalid="ignore"):
         ratio = t.div(t.min(axis=1), axis=0)  # no arm reached: inf / inf = NaN, never counts
     return pd.DataFrame({arm: [(ratio[arm] <= tau).mean() for tau in taus]
@@ -377,14 +389,9 @@ def study_label(df: pd.DataFrame) -> str:
     parts = []
     if (df.data_source == "sample").any():
         parts.append("embedded sample data")
-    if (df.task == "nlp").all():
-        presets = sorted(set(df.preset[df.preset != "base"]))
-        if presets:
-            parts.append("scaled-down models (" + "/".join(presets) + " preset, not base)")
-    else:
-        widths = sorted(set(df.width[df.width != 64]))
-        if widths:
-            parts.append("scaled-down models (width " + "/".join(map(str, widths)) + " of 64)")
+    scaled = task_class(df.task.iloc[0]).scaled_down(df)
+    if scaled:
+        parts.append(scaled)
     return ("Computed on " + " with ".join(parts)) if parts else "Full-size models, real data"
 
 
@@ -444,16 +451,16 @@ def draw_target(ax, target: float) -> None:
 
 
 @readable
-def plot_schedules(arms: dict, task: str = "cv") -> plt.Figure:
-    """Input size and data pool over training for ``arms`` ({label: arm instance})."""
+def plot_schedules(arms: dict, task: str, full: int) -> plt.Figure:
+    """Input size and data pool over training for ``arms`` ({label: arm}), at a full
+    input size of ``full``."""
     p = np.linspace(0, 1, 201)
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
     for i, (label, arm) in enumerate(arms.items()):
         style = dict(color=arm_color(arm.name), lw=2, ls=["-", "--", "-.", ":"][i % 4])
-        ax[0].plot(p, [arm.size(x) for x in p], label=label, **style)
+        ax[0].plot(p, [arm.size(x, full) for x in p], label=label, **style)
         ax[1].plot(p, [arm.pool(x, 1000) / 1000 for x in p], **style)
-    unit = "sequence length (tokens)" if task == "nlp" else "input side (px)"
-    ax[0].set(xlabel="training progress (steps done / all)", ylabel=unit,
+    ax[0].set(xlabel="training progress (steps done / all)", ylabel=task_class(task).size_label,
               title="Input size")
     ax[1].set(xlabel="training progress (steps done / all)",
               ylabel="fraction of examples available", title="Data pool (easiest first)",
@@ -473,13 +480,13 @@ def tuning_runs(df: pd.DataFrame) -> pd.DataFrame:
 
 def grid_lines(grid: pd.DataFrame) -> list[tuple[str, str]]:
     """The (arm, hyperparameter) lines of the grid, arms in registry order."""
-    return [(arm, param) for arm in arm_names(grid.curriculum)
-            for param in sorted(grid[grid.curriculum == arm].varied.unique())]
+    return [(arm, param) for arm in arm_names(grid.arm)
+            for param in sorted(grid[grid.arm == arm].varied.unique())]
 
 
 def grid_line(grid: pd.DataFrame, arm: str, param: str, arch: str) -> pd.DataFrame:
     """One line of the grid: ``arch``'s runs of ``arm`` that vary ``param``, by value."""
-    g = grid[(grid.curriculum == arm) & (grid.varied == param) & (grid.arch == arch)]
+    g = grid[(grid.arm == arm) & (grid.varied == param) & (grid.arch == arch)]
     return g.sort_values("value")
 
 
@@ -609,7 +616,7 @@ def plot_final_performance(stats: pd.DataFrame, task: str = "cv") -> plt.Figure:
     """Test score per case, baseline beside each arm; bars: the median over seeds, error
     bars: its 95% bootstrap interval (only where there are several seeds)."""
     datasets, archs = sorted(stats.dataset.unique()), sorted(stats.arch.unique())
-    arms = arm_names(stats.curriculum)
+    arms = arm_names(stats.arm)
     fig, axes = plt.subplots(len(datasets), len(archs), figsize=(5.2 * len(archs),
                              3.4 * len(datasets) + 0.6), squeeze=False, layout="constrained")
     w = 0.8 / len(arms)
@@ -619,7 +626,7 @@ def plot_final_performance(stats: pd.DataFrame, task: str = "cv") -> plt.Figure:
             metric = g.metric.iloc[0]
             versions = sorted(set(g.version), key=version_bytes)
             for k, arm in enumerate(arms):
-                a = g[g.curriculum == arm].set_index("version").reindex(versions)
+                a = g[g.arm == arm].set_index("version").reindex(versions)
                 x = np.arange(len(versions)) + (k - (len(arms) - 1) / 2) * w
                 several = (a.seeds > 1).to_numpy()
                 err = np.where(several, [a.test - a.test_lo, a.test_hi - a.test], 0)
@@ -643,8 +650,8 @@ def plot_time_to_target(main: pd.DataFrame, target_fraction: float, task: str = 
     for case, ax in panels.items():
         g = main[in_case(main, case)]
         metric = g.metric.iloc[0]
-        for arm in arm_names(g.curriculum):
-            for _, r in g[g.curriculum == arm].iterrows():
+        for arm in arm_names(g.arm):
+            for _, r in g[g.arm == arm].iterrows():
                 ax.plot([h["train_time_s"] for h in r.history],
                         [h["val_primary"] for h in r.history], "o-", ms=2.5, lw=1.2,
                         alpha=.85, color=arm_color(arm), label=arm_label(arm, task))
@@ -665,13 +672,13 @@ def plot_speedups(table: pd.DataFrame, target_fraction: float, task: str = "cv"
                   ) -> plt.Figure:
     """Speed-up over the full-budget baseline per case, with its bootstrap interval."""
     cases = case_order(table)
-    arms = arm_names(table.curriculum)
+    arms = arm_names(table.arm)
     fig, ax = plt.subplots(figsize=(max(9.0, 1.0 * len(cases) + 2), 4.6), layout="constrained")
     w = 0.8 / len(arms)
     top = np.nanmax(np.where(np.isfinite(table.speedup_hi), table.speedup_hi, np.nan),
                     initial=1.0) * 1.15
     for k, arm in enumerate(arms):
-        t = table[table.curriculum == arm]
+        t = table[table.arm == arm]
         for i, case in enumerate(cases):
             r = t[in_case(t, case)]
             if r.empty:
@@ -705,7 +712,7 @@ def frontier_points(df: pd.DataFrame) -> pd.DataFrame:
     """Per case, arm and budget (main and frontier runs): median final validation score
     and median total training time over seeds, with the target."""
     runs = df[df.main | df.frontier]
-    return (runs.groupby(CASE + ["curriculum", "budget"])
+    return (runs.groupby(CASE + ["arm", "budget"])
             .agg(final_val=("final_val", "median"), train_time_s=("train_time_s", "median"),
                  seeds=("run_name", "size"), target=("target", "first"),
                  metric=("metric", "first")).reset_index())
@@ -713,15 +720,15 @@ def frontier_points(df: pd.DataFrame) -> pd.DataFrame:
 
 def draw_frontier(ax, pts: pd.DataFrame, task: str, ms: float = 9) -> None:
     """One case: the baseline's budgets as a labelled line, each arm as a marker."""
-    base = pts[pts.curriculum == BASELINE].sort_values("budget")
+    base = pts[pts.arm == BASELINE].sort_values("budget")
     ax.plot(base.train_time_s, base.final_val, "o-", color=arm_color(BASELINE), ms=ms * .6,
             label=f"{arm_label(BASELINE, task)} at each budget")
     for _, b in base.iterrows():
         ax.annotate(f"{b.budget:.0%}", (b.train_time_s, b.final_val),
                     fontsize=max(9, plt.rcParams["font.size"] - 1),
                     textcoords="offset points", xytext=(4, -12))
-    for k, arm in enumerate(a for a in arm_names(pts.curriculum) if a != BASELINE):
-        p = pts[(pts.curriculum == arm) & (pts.budget == 1.0)]
+    for k, arm in enumerate(a for a in arm_names(pts.arm) if a != BASELINE):
+        p = pts[(pts.arm == arm) & (pts.budget == 1.0)]
         ax.plot(p.train_time_s, p.final_val, marker="sD^vP"[k % 5], ms=ms, ls="none",
                 color=arm_color(arm), mec="k", label=arm_label(arm, task))
     draw_target(ax, pts.target.iloc[0])
@@ -852,7 +859,7 @@ def speedup_markdown(table: pd.DataFrame, summary: str, label: str, task: str = 
         base = ("diverged" if all_diverged(r, "baseline_")
                 else fmt_score(r.baseline_test, r.metric))
         lines.append(
-            f"| {case_name(r)} | {arm_label(r.curriculum, task)} | "
+            f"| {case_name(r)} | {arm_label(r.arm, task)} | "
             f"{seeds_reached(r.reached, r.seeds, r.diverged)} | "
             f"{fmt(r.baseline_s)} / {fmt(r.method_s)} | "
             f"{speedup_cell(r, one)} | {vs_cheapest(r)} | "
@@ -874,7 +881,7 @@ def speedup_detail_markdown(table: pd.DataFrame, label: str, task: str = "cv") -
                  f"{r.cheapest_budget:.0%}: {fmt(r.cheapest_s)}, "
                  f"{fmt_ratio(r.speedup_vs_cheapest)}")
         lines.append(
-            f"| {case_name(r)} | {arm_label(r.curriculum, task)} | "
+            f"| {case_name(r)} | {arm_label(r.arm, task)} | "
             f"{seeds_reached(r.baseline_reached, r.baseline_seeds, r.baseline_diverged)} / "
             f"{seeds_reached(r.reached, r.seeds, r.diverged)} | "
             f"{fmt(r.baseline_epochs, '.2f')} / {fmt(r.method_epochs, '.2f')} | "
@@ -895,7 +902,7 @@ def speedup_summary(summary: pd.DataFrame, target_fraction: float, metric: str,
         return "No arm to compare with the baseline."
     parts = []
     for _, s in summary.iterrows():
-        name = arm_label(s.curriculum, task)
+        name = arm_label(s.arm, task)
         if np.isfinite(s.geomean):
             mean = fmt_speedup(s.geomean, s.geomean_lo, s.geomean_hi, s.one_seed)
             parts.append(f"{name} {mean} (all {s.cases} cases reached)")
@@ -929,8 +936,8 @@ def difficulty_check(df: pd.DataFrame, output_dir: str) -> tuple[pd.DataFrame, l
     those losses with the known difficulty (``rho_loss_known``); ``n``: the examples
     paired. Runs without records are skipped and named in the notes."""
     runs = df[df.main] if "main" in df else df
-    ranked = runs[[ranks_examples(c) for c in runs.curriculum]]
-    base = runs[(runs.curriculum == BASELINE) & (runs.budget == 1)]
+    ranked = runs[[ranks_examples(make_arm(a, t)) for a, t in zip(runs.arm, runs.task)]]
+    base = runs[(runs.arm == BASELINE) & (runs.budget == 1)]
     records = {n: load_examples(output_dir, n) for n in pd.concat([ranked, base]).run_name}
     missing = sorted(n for n, r in records.items() if r is None)
     notes = [f"difficulty check: skipped {len(missing)} run(s) without per-example records "
@@ -950,21 +957,21 @@ def difficulty_check(df: pd.DataFrame, output_dir: str) -> tuple[pd.DataFrame, l
             ref = None
         nan = (float("nan"), len(rec["score"]))
         rho_loss, n = rank_correlation(rec["score"], ref["loss"]) if ref else nan
-        rows.append({**dict(zip(CASE, case)), "curriculum": r.curriculum, "seed": r.seed,
+        rows.append({**dict(zip(CASE, case)), "arm": r.arm, "seed": r.seed,
                      "run_name": r.run_name, "n": n, "rho_loss": rho_loss,
                      "baseline_seed": seed if ref else float("nan"),
                      "rho_known": (rank_correlation(rec["score"], rec["known"])[0]
                                    if "known" in rec else float("nan")),
                      "rho_loss_known": (rank_correlation(ref["loss"], ref["known"])[0]
                                         if ref and "known" in ref else float("nan"))})
-    table = pd.DataFrame(rows, columns=[*CASE, "curriculum", "seed", "run_name", "n",
+    table = pd.DataFrame(rows, columns=[*CASE, "arm", "seed", "run_name", "n",
                                         "rho_loss", "baseline_seed", "rho_known",
                                         "rho_loss_known"])
     if not table.empty:
-        cases, arms = case_order(table), arm_names(table.curriculum)
+        cases, arms = case_order(table), arm_names(table.arm)
         table = table.assign(
             _case=[cases.index(tuple(c)) for c in table[CASE].itertuples(index=False)],
-            _arm=[arms.index(a) for a in table.curriculum])
+            _arm=[arms.index(a) for a in table.arm])
         table = table.sort_values(["_case", "_arm", "seed"]).drop(columns=["_case", "_arm"])
     return table.reset_index(drop=True), notes
 
@@ -981,7 +988,7 @@ def difficulty_markdown(check: pd.DataFrame, notes: list[str], label: str,
         else:
             loss = fmt(r.rho_loss, "+.2f", "—") + (
                 "" if r.baseline_seed == r.seed else f" (seed {r.baseline_seed:.0f}'s baseline)")
-        lines.append(f"| {case_name(r)} | {arm_label(r.curriculum, task)} | {r.seed} | {r.n} | "
+        lines.append(f"| {case_name(r)} | {arm_label(r.arm, task)} | {r.seed} | {r.n} | "
                      f"{loss} | {fmt(r.rho_known, '+.2f', '—')} | "
                      f"{fmt(r.rho_loss_known, '+.2f', '—')} |")
     if check.empty:
@@ -1002,7 +1009,7 @@ def plot_difficulty_check(check: pd.DataFrame, task: str = "cv") -> plt.Figure:
     panels = [("rho_loss", "score vs the baseline's per-example loss")]
     if np.isfinite(check.rho_known).any():
         panels.append(("rho_known", "score vs the known difficulty"))
-    cases, arms = case_order(check), arm_names(check.curriculum)
+    cases, arms = case_order(check), arm_names(check.arm)
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels) + 1.5,
                              0.45 * len(cases) + 1.8), squeeze=False, sharey=True,
                              layout="constrained")
@@ -1011,7 +1018,7 @@ def plot_difficulty_check(check: pd.DataFrame, task: str = "cv") -> plt.Figure:
             g = check[in_case(check, case)]
             for k, arm in enumerate(arms):
                 y = i + (k - (len(arms) - 1) / 2) * 0.25
-                v = g[g.curriculum == arm][column]
+                v = g[g.arm == arm][column]
                 ax.plot(v, np.full(len(v), y), "o", color=arm_color(arm), ms=6, alpha=.8,
                         label=arm_label(arm, task))
             ref = g.rho_loss_known[np.isfinite(g.rho_loss_known)]
@@ -1036,7 +1043,7 @@ QUALITY_RANGE = {"accuracy": (None, 0.9), "mAP": (0.35, 0.9)}   # None: 2 / clas
 def informative_ranges(df: pd.DataFrame) -> pd.DataFrame:
     """Per case, the full-budget baseline's mean best validation score and the range in which
     a target taken from it is informative (see the text)."""
-    base = df[(df.curriculum == BASELINE) & (df.budget == 1.0)]
+    base = df[(df.arm == BASELINE) & (df.budget == 1.0)]
     if "main" in base:
         base = base[base.main]
     rows = []
@@ -1188,7 +1195,7 @@ def slide_datasets(output_dir: str, versions: dict[str, str], task: str) -> plt.
     """What the models see, from each dataset's version in ``versions`` ({dataset:
     version}). Images: a row of examples per dataset with their labels. Text: Yahoo's
     topics and both datasets' lengths."""
-    if task == "nlp":
+    if task_class(task).examples != "images":
         return _slide_text_datasets(output_dir, versions)
     per_row = 6
     fig, axes = slide_figure(per_row, len(versions))
@@ -1257,7 +1264,7 @@ def slide_versions(versions: pd.DataFrame, task: str) -> plt.Figure:
     datasets = list(dict.fromkeys(versions.dataset))
     fig, axes = slide_figure(len(datasets), sharey=True)
     splits, w = ("train", "val", "test"), 0.27
-    unit = "items" if task == "nlp" else "images"
+    unit = task_class(task).examples
     for ax, d in zip(axes[0], datasets):
         g = versions[versions.dataset == d]
         x = np.arange(len(g))
@@ -1280,20 +1287,18 @@ def slide_versions(versions: pd.DataFrame, task: str) -> plt.Figure:
 
 
 @for_slide
-def slide_schedule(arms: dict, task: str) -> plt.Figure:
-    """The growing input over training ({label: arm}), and what a step costs relative to
-    a full-size step (cost ~ pixels for images, ~ tokens for text)."""
-    p = np.linspace(0, 1, 401)
+def slide_schedule(arms: dict, task: str, full: int) -> plt.Figure:
+    """The growing input over training ({label: arm}, full size ``full``), and what a step
+    costs relative to a full-size step (cost ~ pixels for images, ~ tokens for text)."""
+    p, kind = np.linspace(0, 1, 401), task_class(task)
     fig, axes = slide_figure(2)
     ax_size, ax_cost = axes[0]
     for i, (label, arm) in enumerate(arms.items()):
-        sizes = np.array([arm.size(x) for x in p], dtype=float)
+        sizes = np.array([arm.size(x, full) for x in p], dtype=float)
         style = dict(color=arm_color(arm.name), lw=3, ls=["-", "--", "-.", ":"][i % 4])
         ax_size.plot(p, sizes, label=label, **style)
-        power = 1 if task == "nlp" else 2
-        ax_cost.plot(p, (sizes / arm.full_size) ** power, **style)
-    unit = "tokens" if task == "nlp" else "px"
-    ax_size.set(xlabel="training progress", ylabel=f"input size ({unit})")
+        ax_cost.plot(p, (sizes / full) ** kind.cost_power, **style)
+    ax_size.set(xlabel="training progress", ylabel=f"input size ({kind.unit})")
     ax_cost.set(xlabel="training progress", ylim=(0, 1.08),
                 ylabel="cost of a step / full size")
     for ax in (ax_size, ax_cost):
@@ -1342,7 +1347,7 @@ def slide_tuning(grid: pd.DataFrame, task: str) -> plt.Figure:
             if pick is not None:
                 ax.plot([pick], [best[pick]], marker="*", ms=22, color=f"C{i + 2}", mec="k",
                         ls="none", zorder=5, label="kept (best on validation)")
-        values = sorted(grid[(grid.curriculum == arm) & (grid.varied == param)].value.unique())
+        values = sorted(grid[(grid.arm == arm) & (grid.varied == param)].value.unique())
         if min(values) > 0 and max(values) / min(values) >= 4:  # e.g. learning rates
             ax.set_xscale("log")
         ax.set_xticks(values, [fmt_value(v) for v in values])
@@ -1368,7 +1373,7 @@ def slide_convergence(grid: pd.DataFrame, arm: str, param: str, task: str) -> pl
     panel per architecture, and the epochs each value needs to reach the target."""
     archs, metric = sorted(grid.arch.unique()), grid.metric.iloc[0]
     fig, axes = slide_figure(len(archs) + 1)
-    values = sorted(grid[(grid.curriculum == arm) & (grid.varied == param)].value.unique())
+    values = sorted(grid[(grid.arm == arm) & (grid.varied == param)].value.unique())
     colors = dict(zip(values, plt.cm.viridis(np.linspace(0, 0.75, len(values)))))
     for ax, arch in zip(axes[0], archs):
         g = grid_line(grid, arm, param, arch)
@@ -1420,7 +1425,7 @@ def slide_speedup(table: pd.DataFrame, summary: pd.DataFrame, task: str) -> plt.
     """Speed-up per case with its 95% interval (log scale, 1x = the baseline), one panel
     per architecture, and each arm's summary number beside them."""
     archs = sorted(table.arch.unique())
-    arms = [a for a in arm_names(table.curriculum)]
+    arms = [a for a in arm_names(table.arm)]
     fig, axes = plt.subplots(1, len(archs) + 1, figsize=SLIDE_FIGSIZE, layout="constrained",
                              sharey=False, gridspec_kw={"width_ratios": [1] * len(archs)
                                                         + [0.8]})
@@ -1437,7 +1442,7 @@ def slide_speedup(table: pd.DataFrame, summary: pd.DataFrame, task: str) -> plt.
     hi = max(3.0, finite.max() * 1.3) if len(finite) else 3.0
     for ax, arch in zip(axes, archs):
         for k, arm in enumerate(arms):
-            t = table[(table.curriculum == arm) & (table.arch == arch)]
+            t = table[(table.arm == arm) & (table.arch == arch)]
             for (d, v), y in rows.items():
                 r = t[(t.dataset == d) & (t.version == v)]
                 if r.empty:
@@ -1474,13 +1479,13 @@ def slide_speedup(table: pd.DataFrame, summary: pd.DataFrame, task: str) -> plt.
     drop = 0.0  # points from the top of the panel
     for k, (_, s) in enumerate(summary.iterrows()):
         number, what = speedup_headline(s)
-        lines = [(wrap(arm_label(s.curriculum, task), 22), 15 if k == 0 else 14, "bold"),
+        lines = [(wrap(arm_label(s.arm, task), 22), 15 if k == 0 else 14, "bold"),
                  (number, 34 if k == 0 else 22, "bold"), (what, 14, "normal")]
         for text, size, weight in lines:
             big.annotate(text, (0.5, 1), xycoords="axes fraction", xytext=(0, -drop),
                          textcoords="offset points", ha="center", va="top", fontsize=size,
                          weight=weight, color="k" if weight == "normal" else
-                         arm_color(s.curriculum))
+                         arm_color(s.arm))
             drop += size * 1.2 * (text.count("\n") + 1)
         drop += 12
     # the arms' colours are keyed by their names beside the panels: one row of legend
@@ -1511,8 +1516,8 @@ def slide_showcase(main: pd.DataFrame, dataset: str, version: str, table: pd.Dat
     fig, axes = slide_figure(len(archs))
     for ax, arch in zip(axes[0], archs):
         g = main[(main.arch == arch) & (main.dataset == dataset) & (main.version == version)]
-        for arm in arm_names(g.curriculum):
-            for _, r in g[g.curriculum == arm].iterrows():
+        for arm in arm_names(g.arm):
+            for _, r in g[g.arm == arm].iterrows():
                 ax.plot([h["train_time_s"] for h in r.history],
                         [h["val_primary"] for h in r.history], "-", lw=2.5, alpha=.85,
                         color=arm_color(arm), label=arm_label(arm, task))
@@ -1525,7 +1530,7 @@ def slide_showcase(main: pd.DataFrame, dataset: str, version: str, table: pd.Dat
         if g.metric.iloc[0] == "perplexity":
             log_scale(ax)
         t = table[(table.arch == arch) & (table.dataset == dataset) & (table.version == version)
-                  & (table.curriculum == flagship(table.curriculum))]
+                  & (table.arm == flagship(table.arm))]
         ax.set_title(f"{arch_title(arch)}: {speedup_phrase(t.iloc[0]) if len(t) else ''}")
         ax.grid(alpha=.3)
     slide_legend(fig, axes, ncol=4, title="dot: first validation pass at the target")
@@ -1537,7 +1542,7 @@ def slide_final_performance(stats: pd.DataFrame, task: str) -> plt.Figure:
     """Test score of every case (2 datasets x 3 versions) for both architectures: median
     over seeds, 95% bootstrap interval where there are several seeds."""
     datasets, archs = sorted(stats.dataset.unique()), sorted(stats.arch.unique())
-    arms = arm_names(stats.curriculum)
+    arms = arm_names(stats.arm)
     fig, axes = plt.subplots(1, len(datasets) * len(archs), figsize=SLIDE_FIGSIZE,
                              layout="constrained", squeeze=False)
     w = 0.8 / len(arms)
@@ -1547,7 +1552,7 @@ def slide_final_performance(stats: pd.DataFrame, task: str) -> plt.Figure:
         versions = sorted(set(g.version), key=version_bytes)
         metric = g.metric.iloc[0]
         for k, arm in enumerate(arms):
-            a = g[g.curriculum == arm].set_index("version").reindex(versions)
+            a = g[g.arm == arm].set_index("version").reindex(versions)
             x = np.arange(len(versions)) + (k - (len(arms) - 1) / 2) * w
             ax.bar(x, a.test, w, color=arm_color(arm), label=arm_label(arm, task))
             several = (a.seeds > 1).to_numpy()
@@ -1579,8 +1584,8 @@ def slide_cases(main: pd.DataFrame, arch: str, task: str) -> plt.Figure:
     for i, ds in enumerate(datasets):
         for j, v in enumerate(versions):
             ax, c = axes[i][j], g[(g.dataset == ds) & (g.version == v)]
-            for arm in arm_names(c.curriculum):
-                for _, r in c[c.curriculum == arm].iterrows():
+            for arm in arm_names(c.arm):
+                for _, r in c[c.arm == arm].iterrows():
                     ax.plot([h["train_time_s"] for h in r.history],
                             [h["val_primary"] for h in r.history], "-", lw=2, alpha=.8,
                             color=arm_color(arm), label=arm_label(arm, task))
@@ -1646,11 +1651,11 @@ def findings(df: pd.DataFrame, stats: pd.DataFrame, table: pd.DataFrame, plan: d
              versions: pd.DataFrame, target_fraction: float, label: str, task: str) -> dict:
     """The sentences the slides state, each computed from the results (never typed in):
     a title per slide and the numbers behind them."""
-    arm = flagship(df.curriculum)
-    name, unit = arm_label(arm, task), ("tokens" if task == "nlp" else "px")
-    summary = arm_summary(table).set_index("curriculum")
+    arm = flagship(df.arm)
+    name, unit = arm_label(arm, task), task_class(task).unit
+    summary = arm_summary(table).set_index("arm")
     s = summary.loc[arm]
-    mine = table[table.curriculum == arm]
+    mine = table[table.arm == arm]
     faster = int((mine.speedup > 1).sum())
     out = {"task": task, "label": label, "arm": name, "target": f"{target_fraction:.0%}",
            "cases": int(s.cases), "reached": int(s.reached), "faster": faster,
@@ -1666,14 +1671,14 @@ def findings(df: pd.DataFrame, stats: pd.DataFrame, table: pd.DataFrame, plan: d
     # the approach: the schedule at the default settings
     defaults = {**plan["method_defaults"], "task": task}
     full = int(df.input_size.max())
-    grow = arm_of(defaults | {"curriculum": arm}, full)
+    grow = schedule_arm(arm, task, defaults)
     progress = np.linspace(0, 1, 1001)
-    at_full = next((p for p in progress if grow.size(p) >= full), None)   # None: never
+    at_full = next((p for p in progress if grow.size(p, full) >= full), None)   # None: never
     work = float(np.nanmedian(mine.schedule_speedup))
-    out.update(start_size=int(grow.size(0)), full_size=full,
+    out.update(start_size=int(grow.size(0, full)), full_size=full,
                full_at="never" if at_full is None else f"{at_full:.0%}",
                schedule_speedup=round(work, 2))  # said aloud: two decimals
-    titles["schedule"] = (f"{name.capitalize()} starts at {grow.size(0)} {unit} and " + (
+    titles["schedule"] = (f"{name.capitalize()} starts at {grow.size(0, full)} {unit} and " + (
         f"reaches the full {full} {unit} at {at_full:.0%} of training" if at_full is not None
         else f"never reaches the full {full} {unit}"))
     # tuning and convergence: the flagship's first hyperparameter
@@ -1718,10 +1723,10 @@ def findings(df: pd.DataFrame, stats: pd.DataFrame, table: pd.DataFrame, plan: d
             parts[i] = parts[i].removeprefix("reaches the target ")
     titles["case"] = (f"On {dataset_title(dataset)} {version_title(version)}, {name} "
                       + and_list(parts))
-    base = stats[stats.curriculum == BASELINE].set_index(CASE)
+    base = stats[stats.arm == BASELINE].set_index(CASE)
     ok = [within_target(r.test, base.loc[tuple(r[CASE])].test, target_fraction,
                         r.metric != "perplexity")
-          for _, r in stats[stats.curriculum == arm].iterrows()
+          for _, r in stats[stats.arm == arm].iterrows()
           if tuple(r[CASE]) in base.index]
     metrics = sorted(set(stats.metric))
     what = f"test {metrics[0]}" if len(metrics) == 1 else "test score"
@@ -1759,12 +1764,11 @@ def slide_material(df: pd.DataFrame, stats: pd.DataFrame, table: pd.DataFrame,
                    "dataset", sort=False)}
         draw("datasets", slide_datasets(output_dir, largest, task))
         draw("versions", slide_versions(versions, task))
-    arm = flagship(df.curriculum)
+    arm = flagship(df.arm)
     defaults = {**plan["method_defaults"], "task": task}
     full = int(df.input_size.max())
-    draw("schedule", slide_schedule({arm_label(n, task): arm_of(defaults | {"curriculum": n},
-                                                                full)
-                                     for n in (BASELINE, arm)}, task))
+    draw("schedule", slide_schedule({arm_label(n, task): schedule_arm(n, task, defaults)
+                                     for n in (BASELINE, arm)}, task, full))
     grid = tuning_runs(df)
     if not grid.empty:
         draw("tuning", slide_tuning(grid, task))
@@ -1802,7 +1806,7 @@ def evidence_table(df: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
     main = df[df.main]
     for k, r in enumerate(table.itertuples()):
         case = main[in_case(main, (r.arch, r.dataset, r.version))]
-        base, arm = case[case.curriculum == BASELINE], case[case.curriculum == r.curriculum]
+        base, arm = case[case.arm == BASELINE], case[case.arm == r.arm]
         _, flops_reps = bootstrap_speedup(base.flops_to_target, arm.flops_to_target, seed=k)
         gap, gap_lo, gap_hi = bootstrap_gap(base.test, arm.test, k)
         flops_lo, flops_hi = percentile_interval(flops_reps)
@@ -1837,8 +1841,8 @@ def claim_sentence(ev: pd.DataFrame, arm: str, sample: bool, task: str) -> str:
     """The claim of ``arm`` in one sentence: every case it was run on, with its interval."""
     parts = [f"{verdict(r.speedup, r.speedup_lo, r.speedup_hi, r.reached, r.seeds)} for "
              f"{arch_title(r.arch)} on {dataset_title(r.dataset)} {version_title(r.version)}"
-             for r in ev[ev.curriculum == arm].itertuples()]
-    seeds = int(ev[ev.curriculum == arm].seeds.min())
+             for r in ev[ev.arm == arm].itertuples()]
+    seeds = int(ev[ev.arm == arm].seeds.min())
     where = ("On the embedded sample data with scaled-down models" if sample
              else "On the real data")
     return (f"{where} ({seeds}+ seeds, 95% bootstrap intervals of the median speed-up), "
@@ -1848,7 +1852,7 @@ def claim_sentence(ev: pd.DataFrame, arm: str, sample: bool, task: str) -> str:
 def headline_sentence(ev: pd.DataFrame, arm: str, sample: bool, task: str) -> str:
     """The claim of ``arm`` short enough for a slide: how many cases fall in each verdict,
     and the clearest one (the fastest lower bound, else the fastest median) with its interval."""
-    rows = ev[ev.curriculum == arm]
+    rows = ev[ev.arm == arm]
     kinds = [verdict_kind(r.speedup, r.speedup_lo, r.speedup_hi, r.reached, r.seeds)
              for r in rows.itertuples()]
     words = {"faster": "faster", "same": "not distinguishable from 1x", "slower": "slower",
@@ -1871,9 +1875,9 @@ def evidence_markdown(ev: pd.DataFrame, label: str, task: str, target_fraction: 
                       sample: bool) -> str:
     """EVIDENCE.md's section of one pair: the flagship's headline (between markers the deck
     quotes), every arm's claim in full, then the numbers behind them."""
-    arms = arm_names(ev.curriculum)
+    arms = arm_names(ev.arm)
     arms = [a for a in arms if a != BASELINE]
-    lines = [f"## {'Image' if task == 'cv' else 'Text'} pair ({task})", "",
+    lines = [f"## {task_class(task).title} ({task})", "",
              f"Target: {target_fraction:.0%} of the full-budget baseline's best validation "
              f"score, per case. {label}.", "", f"<!-- claim:{task} -->",
              headline_sentence(ev, arms[0], sample, task), "<!-- /claim -->", "",
@@ -1885,7 +1889,7 @@ def evidence_markdown(ev: pd.DataFrame, label: str, task: str, target_fraction: 
         gap = f"{r.gap:+.3f} [{r.gap_lo:+.3f}, {r.gap_hi:+.3f}]" if r.metric != "perplexity" \
             else f"{r.gap:+.1f} [{r.gap_lo:+.1f}, {r.gap_hi:+.1f}]"
         lines.append(
-            f"| {case_name(r)} | {arm_label(r.curriculum, task)} | "
+            f"| {case_name(r)} | {arm_label(r.arm, task)} | "
             f"{r.baseline_reached}/{r.baseline_seeds} / {r.reached}/{r.seeds} | "
             f"{fmt(r.baseline_s)} / {fmt(r.method_s)} | "
             f"{fmt_speedup(r.speedup, r.speedup_lo, r.speedup_hi, r.seeds == 1)} | "
@@ -1919,7 +1923,7 @@ def evaluate_study(*, task: str, output_dir: str, target_fraction: float) -> dic
     # Only this plan's runs: results of other plans (another task, or an earlier profile
     # with other settings) may share the folder, and must not move the targets.
     df = with_roles(df, plan) if len(df) else df
-    df = df[df.task == task] if len(df) else df
+    df = df[df["task"].isin([task])] if len(df) else df
     if df.empty or not df.main.any():
         main_ids = [j["id"] for j in plan["stages"]["method"] if j.get("main")]
         raise FileNotFoundError(
@@ -1935,9 +1939,8 @@ def evaluate_study(*, task: str, output_dir: str, target_fraction: float) -> dic
 
     full = int(df.input_size.max())
     defaults = {**plan["method_defaults"], "task": task}
-    draw("schedule", plot_schedules({arm_label(n, task): arm_of(defaults | {"curriculum": n},
-                                                               full)
-                                     for n in arm_names(df.curriculum)}, task))
+    draw("schedule", plot_schedules({arm_label(n, task): schedule_arm(n, task, defaults)
+                                     for n in arm_names(df.arm)}, task, full))
     grid = tuning_runs(df)
     if not grid.empty:
         draw("tuning", plot_tuning(grid, task))

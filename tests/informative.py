@@ -5,7 +5,7 @@ from pathlib import Path
 import run_batch
 from speedup.prepare import prepare_dataset
 from speedup.evaluation import informative_ranges, load_results, with_roles
-from speedup.method import run_training
+from speedup.train import RunConfig, run_training
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,8 +17,8 @@ def demo_baseline_ranges(task: str, output_dir: Path):
     for job in plan["stages"]["data_prep"]:
         prepare_dataset(**job["params"], show=False)
     baselines = [j for j in plan["stages"]["method"]
-                 if j["main"] and j["params"]["curriculum"] == "none"
+                 if j["main"] and j["params"]["arm"] == "baseline"
                  and j["params"]["budget"] == 1.0 and j["params"]["seed"] == 0]
     for job in baselines:
-        run_training(**{**job["params"], "num_threads": 1})
+        run_training(RunConfig.from_flat({**job["params"], "num_threads": 1}))
     return baselines, informative_ranges(with_roles(load_results(str(output_dir)), plan))

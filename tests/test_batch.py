@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 import run_batch
-from speedup.method import ProfileError, estimate_study, study_status
+from speedup.study import ProfileError, estimate_study, is_complete, study_status
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,8 +22,13 @@ def _demo() -> dict:
 
 
 @pytest.mark.parametrize("edit,message", [
-    (lambda p: p["method"]["params"].update(lr_typo=0.1), "unknown parameter 'lr_typo'"),
-    (lambda p: p["method"]["params"].update(lr="fast"), "'lr' must be float"),
+    (lambda p: p["method"]["params"].update(lr_typo=0.1), "unknown key(s) ['lr_typo']"),
+    (lambda p: p["method"]["params"].update(lr="fast"), "'lr' = 'fast': must be float"),
+    # a bad value fails even where a more specific layer overrides it for every run
+    (lambda p: p["method"]["params"].update(epochs="six"),
+     "method.params.epochs: setting 'epochs' = 'six': must be int"),
+    (lambda p: p["method"]["per_version"]["300KB"].update(start_scale=2),
+     "method.per_version.300KB.start_scale: setting 'start_scale' = 2"),
     (lambda p: p["data_prep"]["params"].update(sizes=[1, 2]), "'sizes' must be dict"),
     (lambda p: p["method"].update(archz=["vgg11"]), "unknown key(s) ['archz']"),
     (lambda p: p.update(stagez={}), "unknown key(s) ['stagez']"),
@@ -62,29 +67,33 @@ def test_demo_plan_covers_every_combination_budget_and_grid(task, small, dataset
     assert len({j["id"] for j in method}) == len(method)
     frontier = [j for j in method if j["frontier"]]
     assert len(frontier) == len(budgets) * runs_per_arm  # each baseline at each reduced budget
-    assert {(j["params"]["curriculum"], j["params"]["budget"]) for j in frontier} == {
-        ("none", b) for b in budgets}
+    assert {(j["params"]["arm"], j["params"]["budget"]) for j in frontier} == {
+        ("baseline", b) for b in budgets}
     # every arm is tuned with the same number of trials, the default point included
-    assert plan["tuning_trials"] == {"none": 3, "progressive": 3, "difficulty": 3}
+    assert plan["tuning_trials"] == {"baseline": 3, "progressive": 3, "difficulty": 3}
     grid = [j for j in method if j["varied"]]
     assert len(grid) == 2 * 3 * 3 and sum(j["main"] for j in grid) == 2 * 3
     assert len(method) == len(main) + len(frontier) + len(grid) - 2 * 3
     assert all(j["params"]["run_name"] == j["id"] for j in method)
     assert plan["stages"]["architectures"][0]["params"]["datasets"] == datasets
     # the arms' order in a case is rotated by seed: no arm always trains first
-    first = {j["params"]["seed"]: j["params"]["curriculum"] for j in reversed(main)
+    first = {j["params"]["seed"]: j["params"]["arm"] for j in reversed(main)
              if j["params"]["version"] == small and j["params"]["arch"] == main[0]["params"]["arch"]
              and j["params"]["dataset"] == datasets[0]}
     assert len(first) == small_seeds and len(set(first.values())) == small_seeds
 
 
 @pytest.mark.parametrize("edit,message", [
-    (lambda m: m["tuning"]["grids"]["none"].update(lr=[0.1]), "unequal tuning effort"),
-    (lambda m: m["tuning"]["grids"].pop("difficulty"), "no grid for arm 'difficulty'"),
-    (lambda m: m["tuning"]["grids"]["none"].update(start_scale=[0.3]),
-     "'start_scale' is not a setting arm 'none' reads"),
+    (lambda m: m["tuning"]["grids"]["baseline"].update(lr=[0.1]), "unequal tuning effort"),
+    (lambda m: m["tuning"]["grids"]["progressive"].update(start_scale=[0.3]),
+     "unequal tuning effort"),
+    (lambda m: m["tuning"]["grids"].update(baseline={}), "no grid for arm 'baseline'"),
+    (lambda m: m["tuning"]["grids"]["baseline"].update(start_scale=[0.3]),
+     "'start_scale' is not a setting arm 'baseline' reads"),
+    (lambda m: m["tuning"]["grids"]["progressive"].update(start_scale=[0.3, 2.0, 0.5]),
+     "grids.progressive.start_scale: setting 'start_scale' = 2.0"),
     (lambda m: m.update(budgets=[0.5, 2]), "method.budgets: 2 is not a fraction"),
-    (lambda m: m.update(curricula=["none", "shuffled"]), "unknown arm 'shuffled'"),
+    (lambda m: m.update(arms=["baseline", "shuffled"]), "'arm' = 'shuffled'"),
     (lambda m: m["tuning"].update(seeds=0), "method.tuning.seeds: 0 is not a non-empty list"),
 ])
 def test_unfair_or_unknown_designs_fail_naming_the_key(tmp_path, edit, message):
@@ -103,11 +112,11 @@ TINY = {
                   # VOC's source is missing: its data job fails, its runs must not start
                   "per_dataset": {"voc2012": {"source": "/no/such/VOCtrainval.tar"}}},
     "architectures": {"params": {"archs": ["resnet18"], "width": 8, "input_sizes": [12, 24]}},
-    "method": {"archs": ["resnet18"], "curricula": ["none", "progressive"], "seeds": [0],
+    "method": {"archs": ["resnet18"], "arms": ["baseline", "progressive"], "seeds": [0],
                "budgets": [0.5],
                "params": {"width": 8, "epochs": 2, "batch_size": 32, "eval_points": 2},
                "tuning": {"dataset": "caltech256", "version": "no-such-version",
-                          "grids": {"none": {"lr": [0.1]},
+                          "grids": {"baseline": {"lr": [0.1]},
                                     "progressive": {"start_scale": [0.75]}}}},
     "evaluation": {"params": {"target_fraction": 0.9}},
 }
@@ -150,7 +159,7 @@ def test_batch_runs_every_chapter_skips_what_failed_inputs_block_and_resumes(tmp
     cases = sorted((out / "notebooks" / "method").glob("resnet18-*.ipynb"))
     assert len(cases) == 2
     runs = [v["run_name"] for nb in cases for v in
-            json.loads(nb.read_text())["metadata"]["papermill"]["parameters"]["variants"]]
+            json.loads(nb.read_text())["metadata"]["papermill"]["parameters"]["runs"]]
     assert sorted(runs) == sorted(caltech)
     for name in ["final_performance.png", "time_to_target.png", "schedule.png"]:
         assert (out / "figures" / name).stat().st_size > 10_000
@@ -161,8 +170,8 @@ def test_batch_runs_every_chapter_skips_what_failed_inputs_block_and_resumes(tmp
     table = estimate_study(plan, out)
     assert len(table) == len(plan["stages"]["method"])
     assert (table.hours.dropna() > 0).all() and table.hours.isna().sum() == 2  # bad grid runs
-    progressive = table[table.curriculum == "progressive"].train_pflops.sum()
-    assert progressive < table[table.curriculum == "none"].train_pflops.sum()
+    progressive = table[table.arm == "progressive"].train_pflops.sum()
+    assert progressive < table[table.arm == "baseline"].train_pflops.sum()
     assert study_status(plan, out).startswith(f"6 of {len(table)} training runs done")
 
     # Re-running skips everything that completed; the failed jobs, the ones they block
@@ -219,7 +228,7 @@ TINY_NLP = {
                   "params": {"source": "sample", "sizes": {"40KB": 40000}}},
     "architectures": {"params": {"archs": ["bert", "gpt1"], "preset": "micro",
                                  "vocab_size": 300, "input_sizes": [16, 32]}},
-    "method": {"archs": ["bert", "gpt1"], "curricula": ["none", "progressive", "difficulty"],
+    "method": {"archs": ["bert", "gpt1"], "arms": ["baseline", "progressive", "difficulty"],
                "seeds": [0],
                "params": {"preset": "micro", "seq_length": 32, "start_length": 8,
                           "vocab_size": 300, "optimizer": "adamw", "epochs": 2,
@@ -237,7 +246,7 @@ def test_the_text_chapters_run_as_a_batch(tmp_path):
                            "--cache-dir", str(tmp_path / "cache")]) == 0
     plan = json.loads((out / "plan.json").read_text())
     main_ids = [j["id"] for j in plan["stages"]["method"] if j["main"]]
-    assert len(main_ids) == 2 * 2 * 3  # archs x datasets x curricula
+    assert len(main_ids) == 2 * 2 * 3  # archs x datasets x arms
     for run in main_ids:
         result = json.loads((out / "results" / f"{run}.json").read_text())
         lm = result["params"]["dataset"] == "bookcorpus"
@@ -261,12 +270,13 @@ def test_a_job_done_by_other_code_is_not_taken_as_done(tmp_path, monkeypatch):
     """Resume-by-skip holds only for the same parameters and the same chapters: after an
     edit the job runs again, and the chapter's own reuse checks decide what it redoes."""
     job = {"id": "data-caltech256", "stage": "data_prep", "params": {"dataset": "x"}}
-    status = {**job, "status": "complete", "code": run_batch.code_fingerprint("data_prep")}
+    code = run_batch.code_fingerprint("data_prep")
+    status = {**job, "status": "complete", "code": code}
     (tmp_path / "batch").mkdir()
     (tmp_path / "batch" / "data-caltech256.json").write_text(json.dumps(status))
-    assert run_batch.is_complete(tmp_path, job)
-    assert not run_batch.is_complete(tmp_path, {**job, "params": {"dataset": "y"}})
-    assert run_batch.code_fingerprint("method") != run_batch.code_fingerprint("data_prep")
+    assert is_complete(tmp_path, job, code)
+    assert not is_complete(tmp_path, {**job, "params": {"dataset": "y"}}, code)
+    assert run_batch.code_fingerprint("method") != code
     monkeypatch.setitem(run_batch.CHAPTERS, "data_prep", tmp_path / "edited.ipynb")
     (tmp_path / "edited.ipynb").write_text("{}")
-    assert not run_batch.is_complete(tmp_path, job)
+    assert not is_complete(tmp_path, job, run_batch.code_fingerprint("data_prep"))

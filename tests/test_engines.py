@@ -9,17 +9,16 @@ import numpy as np
 import pytest
 
 import run_batch
+from speedup.study import is_complete, plan_jobs, run_jobs
 from test_batch import TINY, _write
 
-# TINY on one dataset and size, without budgets or a grid: one data job, then one case
-# whose baseline and progressive runs train and whose difficulty run fails (a competence
-# above 1), so that its job fails with the others' results saved
+# TINY on one dataset and size, without budgets: one data job, then one case whose baseline
+# and progressive runs train, and a tuning job on a version that was never built, which
+# fails, so that the batch ends red with the case's results saved
 SMALL = copy.deepcopy(TINY)
 SMALL["data_prep"].update(datasets=["caltech256"], per_dataset={})
 SMALL["data_prep"]["params"].update(sizes={"60KB": 60000}, short_sides={"60KB": 24})
-SMALL["method"].update(curricula=["none", "progressive", "difficulty"])
-SMALL["method"]["params"].update(start_competence=1.5)
-del SMALL["method"]["budgets"], SMALL["method"]["tuning"]
+del SMALL["method"]["budgets"]
 STAGES = ["data_prep", "method"]  # the architecture table and the evaluation read the same
 
 
@@ -58,7 +57,7 @@ def test_run_jobs_spreads_jobs_over_the_slots_one_at_a_time_each():
         return {"id": job, "device": slot}
 
     with run_batch.cf.ThreadPoolExecutor(4) as pool:
-        done = list(run_batch.run_jobs(lambda job, slot: pool.submit(work, job, slot),
+        done = list(run_jobs(lambda job, slot: pool.submit(work, job, slot),
                                        range(9), ["0", "1", "2"]))
     assert sorted(s["id"] for s in done) == list(range(9))
     assert {slot for slot, _, _ in spans} == {"0", "1", "2"}
@@ -98,7 +97,8 @@ def _outcome(out):
     run's parameters, data, metrics and per-example records (not its clock, host or GPU)."""
     clock = {"interval_time_s", "train_time_s", "throughput"}
     statuses = {p.stem: (s["status"], s["params"]["dataset"] if "dataset" in s["params"]
-                         else None, s.get("reason"), (s.get("error") or "")[-200:])
+                         else None, s.get("reason"),
+                         (s.get("error") or "").replace(str(out), "<out>")[-200:])
                 for p in (out / "batch").glob("*.json") for s in [json.loads(p.read_text())]}
     runs = {}
     for path in (out / "results").glob("*-*.json"):
@@ -118,8 +118,9 @@ def test_dask_and_submitit_run_the_batch_as_the_local_pool_does(tmp_path, monkey
     def batch(name, *args):
         out = tmp_path / name
         code = run_batch.main([profile, "--output-dir", str(out), "--cache-dir", cache,
-                               "--workers", "2", "--stages", *STAGES, *args])
-        assert code == 1, name  # the difficulty run fails, as planned
+                               "--workers", "2", "--stages", *STAGES, "--job-size", "case",
+                               *args])
+        assert code == 1, name  # the tuning job fails, as planned
         return out
 
     # The local pool on a machine with two GPUs, "3" and "5" (torch sees none here: the
@@ -137,9 +138,10 @@ def test_dask_and_submitit_run_the_batch_as_the_local_pool_does(tmp_path, monkey
     expected = _outcome(local)
     statuses, runs, examples = expected
     assert {j: s[0] for j, s in statuses.items()} == {
-        "data-caltech256": "complete", "resnet18-caltech256-60KB": "failed"}
-    assert "start_competence" in statuses["resnet18-caltech256-60KB"][3]
-    assert sorted(r["params"]["curriculum"] for r in runs.values()) == ["none", "progressive"]
+        "data-caltech256": "complete", "resnet18-caltech256-60KB": "complete",
+        "tuning-resnet18-caltech256-no-such-version": "failed"}
+    assert "no-such-version" in statuses["tuning-resnet18-caltech256-no-such-version"][3]
+    assert sorted(r["params"]["arm"] for r in runs.values()) == ["baseline", "progressive"]
     assert examples  # the baseline's per-example losses
 
     # both engines at once (each job on one core, as the local pool's): a Dask LocalCluster
@@ -157,5 +159,26 @@ def test_dask_and_submitit_run_the_batch_as_the_local_pool_does(tmp_path, monkey
         # resume-by-skip: a rerun reads the statuses the engine's workers wrote, skips the
         # completed job and retries the failed one (whose trained runs it then reuses)
         plan = json.loads((out / "plan.json").read_text())
-        assert [j["id"] for stage in STAGES for j in run_batch.papermill_jobs(plan, stage)
-                if run_batch.is_complete(out, j)] == ["data-caltech256"]
+        assert [j["id"] for stage in STAGES for j in plan_jobs(plan, stage)
+                if is_complete(out, j, run_batch.code_fingerprint(stage))] == [
+            "data-caltech256", "resnet18-caltech256-60KB"]
+
+
+def test_a_job_may_be_one_run_and_the_longest_jobs_start_first():
+    """A cluster's job is one training run, so that a case's runs spread over its GPUs;
+    either way, the jobs with the most counted FLOPs start first."""
+    from speedup.study import run_costs
+    root = run_batch.ROOT
+    plan = run_batch.expand_plan(run_batch.load_profile(root / "params" / "cv-demo.yaml"),
+                                 "_nowhere", "_cache")
+    cases, runs = plan_jobs(plan, "method", "case"), plan_jobs(plan, "method", "run")
+    assert len(runs) == len(plan["stages"]["method"]) and all(len(j["runs"]) == 1
+                                                             for j in runs)
+    assert sorted(r for j in cases for r in j["runs"]) == sorted(r for j in runs
+                                                                 for r in j["runs"])
+    assert all(j["params"]["runs"][0]["run_name"] == j["runs"][0] for j in runs)
+    costs = run_costs(plan, "_nowhere")      # from the byte budgets: nothing is built
+    assert all(c > 0 for c in costs.values())
+    for size in ("case", "run"):
+        work = [sum(costs[r] for r in j["runs"]) for j in plan_jobs(plan, "method", size, costs)]
+        assert work == sorted(work, reverse=True) and work[0] > 2 * work[-1]

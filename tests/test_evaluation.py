@@ -6,7 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from speedup.method import ARMS, Arm, register_arm
+from dataclasses import dataclass
+
+from speedup.arms import ARMS, Arm, register_arm
 from speedup.evaluation import (
     add_targets, arm_stats, arm_summary, bootstrap_speedup, evaluate_study, geometric_mean,
     median_time, percentile_interval, performance_profile, speedup_summary, speedups,
@@ -22,12 +24,12 @@ def _hist(values, seconds_per_epoch, flops_per_epoch=1e9):
              "train_flops": (i + 1) * flops_per_epoch} for i, v in enumerate(values)]
 
 
-def _row(curriculum, values, spe, name, *, version="1MB", seed=0, budget=1.0, main=None,
+def _row(arm, values, spe, name, *, version="1MB", seed=0, budget=1.0, main=None,
          **kw):
     main = budget == 1.0 if main is None else main
     return {"arch": "resnet18", "dataset": "caltech256", "version": version, "seed": seed,
-            "curriculum": curriculum, "budget": budget, "main": main,
-            "frontier": not main and curriculum == "none" and budget < 1.0,
+            "arm": arm, "budget": budget, "main": main,
+            "frontier": not main and arm == "baseline" and budget < 1.0,
             "varied": [], "history": _hist(values, spe), "run_name": name,
             "best_val": max(values), "final_val": values[-1], "test": values[-1],
             "train_time_s": len(values) * spe, "train_flops": len(values) * 1e9,
@@ -43,14 +45,14 @@ def test_time_to_target_is_the_first_pass_at_or_above_target_and_a_miss_is_infin
 
 def test_the_target_comes_from_the_full_budget_baseline_only():
     df = add_targets(pd.DataFrame([
-        _row("none", [.2, .5, .8, .8], 10.0, "b"),
-        _row("none", [.5, .9, .9], 10.0, "b-half", budget=0.5),           # a frontier run
-        _row("none", [.5, .95, .95], 10.0, "b-tuned", main=False),         # a tuning run
+        _row("baseline", [.2, .5, .8, .8], 10.0, "b"),
+        _row("baseline", [.5, .9, .9], 10.0, "b-half", budget=0.5),           # a frontier run
+        _row("baseline", [.5, .95, .95], 10.0, "b-tuned", main=False),         # a tuning run
         _row("progressive", [.3, .6, .78, .8], 5.0, "p"),  # reaches .76 at epoch 3 = 15 s
         _row("difficulty", [.1, .2, .3, .4], 10.0, "d"),    # never reaches it
     ]), 0.95)
     assert df.target.tolist() == pytest.approx([0.76] * 5)
-    table = speedups(df, reps=200).set_index("curriculum")
+    table = speedups(df, reps=200).set_index("arm")
     assert table.loc["progressive", "baseline_s"] == 30.0
     assert table.loc["progressive", "method_s"] == 15.0
     assert table.loc["progressive", "speedup"] == pytest.approx(2.0)
@@ -61,9 +63,9 @@ def test_the_target_comes_from_the_full_budget_baseline_only():
 
 def test_the_cheapest_baseline_budget_that_reaches_the_target_is_picked():
     df = add_targets(pd.DataFrame([
-        _row("none", [.5, .8, .8, .8], 10.0, "b"),              # target .76, reached at 20 s
-        _row("none", [.5, .7], 10.0, "b50", budget=0.5),        # misses
-        _row("none", [.5, .6, .77], 4.0, "b75", budget=0.75),   # reaches at 12 s
+        _row("baseline", [.5, .8, .8, .8], 10.0, "b"),              # target .76, reached at 20 s
+        _row("baseline", [.5, .7], 10.0, "b50", budget=0.5),        # misses
+        _row("baseline", [.5, .6, .77], 4.0, "b75", budget=0.75),   # reaches at 12 s
         _row("progressive", [.6, .78, .8, .8], 3.0, "p"),       # reaches at 6 s
     ]), 0.95)
     r = speedups(df, reps=200).iloc[0]
@@ -77,7 +79,7 @@ def _case(version, arm_values, seeds=3):
     seed's curve does."""
     rows = []
     for s in range(seeds):
-        rows.append(_row("none", [.2, .5, .8, .8], 10.0, f"b{version}{s}", version=version,
+        rows.append(_row("baseline", [.2, .5, .8, .8], 10.0, f"b{version}{s}", version=version,
                          seed=s))
         rows.append(_row("progressive", arm_values[s], 5.0, f"p{version}{s}",
                          version=version, seed=s))
@@ -92,7 +94,7 @@ def test_a_miss_lowers_the_summary_instead_of_being_dropped():
                           0.95)
     one_miss = add_targets(pd.DataFrame(_case("1MB", [HIT] * 3)
                                         + _case("2MB", [HIT, MISS, MISS])), 0.95)
-    stats = arm_stats(one_miss).set_index(["version", "curriculum"])
+    stats = arm_stats(one_miss).set_index(["version", "arm"])
     assert stats.loc[("2MB", "progressive"), "reached"] == 1
     assert stats.loc[("2MB", "progressive"), "time_to_target_s"] == INF  # 2 of 3 missed
     assert median_time([15.0, INF, 20.0]) == 20.0                       # 1 of 3 missed
@@ -125,12 +127,12 @@ def test_the_bootstrap_interval_covers_the_true_ratio():
 
 def test_the_performance_profile_counts_cases_within_tau_of_the_fastest():
     stats = pd.DataFrame([
-        {"arch": "a", "dataset": "d", "version": "1MB", "curriculum": c, "time_to_target_s": t}
-        for c, t in [("none", 10.0), ("progressive", 5.0), ("difficulty", INF)]] + [
-        {"arch": "a", "dataset": "d", "version": "2MB", "curriculum": c, "time_to_target_s": t}
-        for c, t in [("none", 10.0), ("progressive", 20.0), ("difficulty", 10.0)]])
+        {"arch": "a", "dataset": "d", "version": "1MB", "arm": c, "time_to_target_s": t}
+        for c, t in [("baseline", 10.0), ("progressive", 5.0), ("difficulty", INF)]] + [
+        {"arch": "a", "dataset": "d", "version": "2MB", "arm": c, "time_to_target_s": t}
+        for c, t in [("baseline", 10.0), ("progressive", 20.0), ("difficulty", 10.0)]])
     profile = performance_profile(stats, [1.0, 1.5, 2.0, 4.0])
-    assert list(profile.columns) == ["none", "progressive", "difficulty"]  # registry order
+    assert list(profile.columns) == ["baseline", "progressive", "difficulty"]  # registry order
     assert profile.loc[1.0].tolist() == [0.5, 0.5, 0.5]
     assert profile.loc[1.5].tolist() == [0.5, 0.5, 0.5]
     assert profile.loc[2.0].tolist() == [1.0, 1.0, 0.5]
@@ -145,12 +147,12 @@ def test_perplexity_targets_and_times_count_down():
     ppl = dict(task="nlp", metric="perplexity", higher_is_better=False, arch="gpt1",
                dataset="bookcorpus", version="100KB", preset="micro")
     df = pd.DataFrame([
-        _row("none", [300.0, 90.0, 60.0, 57.0], 10.0, "b", **ppl),
+        _row("baseline", [300.0, 90.0, 60.0, 57.0], 10.0, "b", **ppl),
         _row("progressive", [280.0, 70.0, 59.0, 58.0], 8.0, "p", **ppl),
     ]).assign(best_val=[57.0, 58.0])
     df = add_targets(df, 0.95)
     assert df.target.iloc[0] == pytest.approx(57.0 / 0.95)  # 60.0
-    table = speedups(df, reps=100).set_index("curriculum")
+    table = speedups(df, reps=100).set_index("arm")
     assert table.loc["progressive", "baseline_s"] == 30.0   # 60.0 <= 60.0 at epoch 3
     assert table.loc["progressive", "method_s"] == 24.0     # 59.0 at epoch 3
     assert table.loc["progressive", "speedup"] == pytest.approx(1.25)
@@ -160,7 +162,7 @@ def test_perplexity_targets_and_times_count_down():
 
 
 def test_labels_name_sample_data_and_scaled_down_models():
-    df = pd.DataFrame([_row("none", [.5], 1.0, "a")])
+    df = pd.DataFrame([_row("baseline", [.5], 1.0, "a")])
     assert "sample data" in study_label(df) and "width 16 of 64" in study_label(df)
     real = df.assign(data_source="https://example.org/x.tar", width=64)
     assert "sample" not in study_label(real) and "scaled" not in study_label(real)
@@ -175,10 +177,16 @@ DEFAULTS = {"task": "cv", "start_scale": 0.5, "delay_fraction": 0.2, "ramp_fract
             "size_step": 4, "start_competence": 0.25, "competence_fraction": 0.5}
 
 
-def _result(name, curriculum, values, spe, budget=1.0, **params):
-    params = {**DEFAULTS, "arch": "resnet18", "dataset": "caltech256", "version": "1MB",
-              "curriculum": curriculum, "seed": 0, "budget": budget, "width": 16,
-              "preset": "micro", "epochs": len(values), **params}
+def _own(arm, settings):
+    """The knobs of ``arm`` among ``settings`` (a result records only its arm's own)."""
+    known = ARMS[arm]["cv"].defaults() if arm in ARMS else {}
+    return {k: v for k, v in settings.items() if k in known or k == "task"}
+
+
+def _result(name, arm, values, spe, budget=1.0, **params):
+    params = {**_own(arm, DEFAULTS), "arch": "resnet18", "dataset": "caltech256",
+              "version": "1MB", "arm": arm, "seed": 0, "budget": budget, "width": 16,
+              "epochs": len(values), **params}
     return {"status": "complete", "run_name": name, "params": params, "model": "ResNet-18",
             "primary_metric": "accuracy", "higher_is_better": True, "best_val": max(values),
             "test": {"accuracy": values[-1]}, "data_source": "sample", "input_size": 32,
@@ -196,9 +204,9 @@ def _study(tmp_path, runs, jobs):
 
 def test_evaluation_reads_only_the_plans_runs(tmp_path):
     """A stale result of another plan in the same folder must not move the targets."""
-    _study(tmp_path, [_result("base", "none", [.2, .5, .6], 2.0),
+    _study(tmp_path, [_result("base", "baseline", [.2, .5, .6], 2.0),
                       _result("prog", "progressive", [.3, .55, .6], 1.0),
-                      _result("stale", "none", [.5, .9, .95], 2.0)],  # e.g. more epochs
+                      _result("stale", "baseline", [.5, .9, .95], 2.0)],  # e.g. more epochs
            [{"id": "base", "main": True, "varied": []},
             {"id": "prog", "main": True, "varied": []}])
     study = evaluate_study(task="cv", output_dir=str(tmp_path), target_fraction=0.9)
@@ -213,11 +221,12 @@ def test_a_newly_registered_arm_appears_everywhere(tmp_path):
     """Nothing in chapter 4 lists the arms: a toy arm shows up in every table and figure,
     after the registered ones, and its miss reads "not reached"."""
     @register_arm
+    @dataclass(frozen=True)
     class Toy(Arm):
-        name, label, color = "toy", "toy arm", "#2ca02c"
+        name, label, color, tasks = "toy", "toy arm", "#2ca02c", ("cv",)
     try:
-        runs = [_result("base", "none", [.2, .5, .6], 2.0),
-                _result("base50", "none", [.2, .5], 2.0, budget=0.5),
+        runs = [_result("base", "baseline", [.2, .5, .6], 2.0),
+                _result("base50", "baseline", [.2, .5], 2.0, budget=0.5),
                 _result("prog", "progressive", [.3, .55, .6], 1.0),
                 _result("toy", "toy", [.1, .2, .3], 1.0),
                 _result("prog-s25", "progressive", [.2, .5, .58], 1.0, start_scale=0.25)]
@@ -228,7 +237,7 @@ def test_a_newly_registered_arm_appears_everywhere(tmp_path):
             {"id": "prog-s25", "main": False, "varied": ["start_scale"]},
             {"id": "toy", "main": True, "varied": []}])
         study = evaluate_study(task="cv", output_dir=str(tmp_path), target_fraction=0.9)
-        assert list(study["speedups"].curriculum) == ["progressive", "toy"]
+        assert list(study["speedups"].arm) == ["progressive", "toy"]
         table = (tmp_path / "tables" / "speedup.md").read_text()
         assert "| toy arm | 0/1 |" in table and "not reached" in table
         assert "toy arm: 0 of 1 cases reached" in table
@@ -247,7 +256,7 @@ def test_a_newly_registered_arm_appears_everywhere(tmp_path):
 
 from scipy.stats import spearmanr  # noqa: E402
 
-from speedup.method import EXAMPLES_SUFFIX, save_examples
+from speedup.train import EXAMPLES_SUFFIX, save_examples
 from speedup.evaluation import difficulty_check, difficulty_markdown
 
 
@@ -275,14 +284,14 @@ def test_the_difficulty_check_pairs_each_score_with_its_seeds_baseline(tmp_path)
     _records(tmp_path, "anti-s0", score=score[0], known=known)
     _records(tmp_path, "base-half", loss=-known, known=known)   # a 50% budget: not the reference
     _records(tmp_path, "vgg-diff", score=score[0])               # real data: no known difficulty
-    rows = [_row("none", [.5], 1, f"base-s{s}", seed=s) for s in (0, 1)]
+    rows = [_row("baseline", [.5], 1, f"base-s{s}", seed=s) for s in (0, 1)]
     rows += [_row("difficulty", [.5], 1, f"diff-s{s}", seed=s) for s in (0, 1, 2)]
     rows += [_row("anti", [.5], 1, "anti-s0"), _row("anti", [.5], 1, "anti-old", seed=1),
-             _row("none", [.5], 1, "base-half", budget=0.5),
+             _row("baseline", [.5], 1, "base-half", budget=0.5),
              _row("progressive", [.5], 1, "prog"),
              _row("difficulty", [.5], 1, "vgg-diff", arch="vgg11_bn")]
     check, notes = difficulty_check(pd.DataFrame(rows), str(tmp_path))
-    assert list(zip(check.arch, check.curriculum, check.seed)) == [
+    assert list(zip(check.arch, check.arm, check.seed)) == [
         ("resnet18", "difficulty", 0), ("resnet18", "difficulty", 1),
         ("resnet18", "difficulty", 2), ("resnet18", "anti", 0), ("vgg11_bn", "difficulty", 0)]
     c = check.set_index("run_name")
@@ -305,7 +314,7 @@ def test_the_difficulty_check_pairs_each_score_with_its_seeds_baseline(tmp_path)
 
 def test_evaluation_writes_the_difficulty_check_and_skips_old_results(tmp_path, capsys):
     known = np.linspace(0, 1, 40)
-    runs = [_result("base", "none", [.2, .5, .6], 2.0),
+    runs = [_result("base", "baseline", [.2, .5, .6], 2.0),
             _result("diff", "difficulty", [.3, .55, .6], 1.0),
             _result("anti", "anti", [.1, .4, .6], 1.0)]
     _study(tmp_path, runs, [{"id": r["run_name"], "main": True, "varied": []} for r in runs])
@@ -331,7 +340,7 @@ def test_the_evidence_headline_counts_each_verdict_and_the_deck_quotes_it(tmp_pa
              1.6, 5), ("resnet18", "voc2012", 0.5, 0.4, 0.7, 5), ("vgg11_bn", "voc2012", 0, 0, 0,
              1)]
     ev = pd.DataFrame([{"arch": a, "dataset": d, "version": "100KB", "metric": "accuracy",
-                        "curriculum": arm, "seeds": 5, "reached": reached,
+                        "arm": arm, "seeds": 5, "reached": reached,
                         "baseline_seeds": 5, "baseline_reached": 5, "baseline_s": 10.0,
                         "method_s": 10 / s if s else INF, "speedup": s, "speedup_lo": lo,
                         "speedup_hi": hi, "flops_speedup": s, "flops_lo": lo,

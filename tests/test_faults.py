@@ -24,9 +24,9 @@ import run_batch
 from speedup.evaluation import (
     add_targets, evaluate_study, load_examples, load_plan, load_results, with_roles,
 )
-from speedup.method import (
-    Checkpoint, batch_lock, completed_runs, diverged_runs, read_result, run_training,
-)
+from speedup.study import (BatchLocked, batch_lock, diverged_runs, finished_runs, is_complete,
+                           outputs_intact, plan_jobs)
+from speedup.train import Checkpoint, RunConfig, read_result, run_training
 from speedup.files import DiskFullError, write_json
 from speedup.data import UnknownVersionError, read_manifest
 from test_evaluation import _result, _study   # the synthetic study of chapter 4's tests
@@ -44,11 +44,11 @@ TINY = {
                              "short_sides": {"60KB": 24}}},
     "architectures": {"params": {"archs": ["resnet18"], "width": 8,
                                  "input_sizes": [12, 24]}},
-    "method": {"archs": ["resnet18"], "curricula": ["none", "progressive"], "seeds": [0],
+    "method": {"archs": ["resnet18"], "arms": ["baseline", "progressive"], "seeds": [0],
                "params": {"width": 8, "epochs": 3, "batch_size": 32, "eval_points": 6,
                           "checkpoint_every_s": 0.0},
                "tuning": {"dataset": "caltech256", "version": "60KB",
-                          "grids": {"none": {"lr": [10000.0]},
+                          "grids": {"baseline": {"lr": [10000.0]},
                                     "progressive": {"start_scale": [0.75]}}}},
     "evaluation": {"params": {"target_fraction": 0.9}},
 }
@@ -130,28 +130,30 @@ def test_a_diverging_run_stops_is_saved_as_diverged_and_the_batch_goes_on(killed
     assert np.isinf(df.loc[name, "time_to_target_s"])
     assert np.isfinite(df.target).all()   # the target comes from the main baseline only
     assert diverged_runs(plan, out) == [name]
-    assert name not in completed_runs(plan, out, main_only=False)
+    assert name not in finished_runs(plan, out, main_only=False)
 
 
 def test_a_damaged_result_is_set_aside_and_only_its_run_is_trained_again(killed_then_rerun,
                                                                           capsys):
     out = killed_then_rerun["out"]
     plan = json.loads((out / "plan.json").read_text())
-    job = next(j for j in run_batch.papermill_jobs(plan, "method") if len(j["runs"]) > 1)
-    assert run_batch.is_complete(out, job)
+    job = next(j for j in plan_jobs(plan, "method") if len(j["runs"]) > 1)
+    code = run_batch.code_fingerprint("method")
+    assert is_complete(out, job, code)
     damaged, kept = job["runs"][0], job["runs"][1:]
     path = out / "results" / f"{damaged}.json"
     path.write_text(path.read_text()[:17] + "\x01")   # cut short by a full disk or a sync
     before = {n: (out / "results" / f"{n}.json").stat().st_mtime_ns for n in kept}
     # the next batch does not take the job as done: the file is named and set aside ...
-    assert not run_batch.is_complete(out, job)
+    assert not is_complete(out, job, code)
     printed = capsys.readouterr().out
     assert printed.count("warning: damaged file") == 1 and str(path) in printed
     assert (out / "results" / f"{damaged}.json.damaged").exists() and not path.exists()
     # ... and the job's notebook retrains that run alone (its kernel calls run_training)
     params = next(r["params"] for r in plan["stages"]["method"] if r["id"] == damaged)
-    assert run_training(**{**params, "num_threads": 1})["status"] == "complete"
-    assert run_batch.is_complete(out, job)
+    assert run_training(RunConfig.from_flat({**params, "num_threads": 1}))["status"] == \
+        "complete"
+    assert is_complete(out, job, code)
     assert before == {n: (out / "results" / f"{n}.json").stat().st_mtime_ns for n in kept}
 
 
@@ -161,9 +163,9 @@ def test_run_training_saves_a_diverged_run_once_and_reuses_it(killed_then_rerun,
                                                                capsys):
     shutil.copytree(killed_then_rerun["out"] / "data", tmp_path / "data")
     versions = tmp_path
-    params = _params(versions, curriculum="none", lr=10000.0, epochs=2, eval_points=4,
-                     version="60KB")
-    result = run_training(**params)
+    params = RunConfig.from_flat(_params(versions, arm="baseline", lr=10000.0, epochs=2,
+                                         eval_points=4, version="60KB"))
+    result = run_training(params)
     assert result["status"] == "diverged" and result["best_val"] is None
     d = result["diverged"]
     first = result["history"][0]["train_loss"] if result["history"] else np.inf
@@ -175,7 +177,7 @@ def test_run_training_saves_a_diverged_run_once_and_reuses_it(killed_then_rerun,
     assert json.loads(Path(versions, "results", f"{result['run_name']}.json").read_text(),
                       parse_constant=pytest.fail)   # strict JSON: no NaN literal
     capsys.readouterr()
-    again = run_training(**params)   # a finding: not trained again
+    again = run_training(params)   # a finding: not trained again
     assert (again["status"], again["diverged"]) == ("diverged", d)
     assert "already diverged, reusing" in capsys.readouterr().out
 
@@ -183,11 +185,11 @@ def test_run_training_saves_a_diverged_run_once_and_reuses_it(killed_then_rerun,
 # ---------------------------------------------------- damaged files, in every reader
 
 def test_the_evaluation_shows_diverged_runs_and_survives_a_damaged_file(tmp_path, capsys):
-    runs = [_result("base", "none", [.2, .5, .6], 2.0, lr=0.05),
+    runs = [_result("base", "baseline", [.2, .5, .6], 2.0, lr=0.05),
             _result("prog", "progressive", [.3, .55, .6], 1.0),
             _result("prog-s1", "progressive", [.3, .1], 1.0, seed=1),
-            _result("base-lr", "none", [.1, .2, .3], 2.0, lr=10.0),
-            _result("base-s1", "none", [.2, .5, .6], 2.0, seed=1, lr=0.05)]
+            _result("base-lr", "baseline", [.1, .2, .3], 2.0, lr=10.0),
+            _result("base-s1", "baseline", [.2, .5, .6], 2.0, seed=1, lr=0.05)]
     for r in runs[2:4]:   # one seed of the arm and one grid point diverged
         r.update(status="diverged", best_val=None, diverged={
             "step": 3, "epoch": 3.0, "train_loss": "nan", "reason": "training loss is nan",
@@ -231,7 +233,7 @@ def test_every_reader_sets_a_damaged_file_aside(tmp_path, capsys):
         read_manifest(tmp_path, "caltech256", "40KB")
     job = {"id": "data-caltech256", "stage": "data_prep",
            "params": {"dataset": "caltech256", "sizes": {"40KB": 40000}}}
-    assert not run_batch.outputs_intact(tmp_path, job)
+    assert not outputs_intact(tmp_path, job)
     # a checkpoint: training starts from scratch
     cp = Checkpoint(tmp_path / "checkpoints" / "run.pt", {"lr": 0.1})
     cp.save({"step": 1, "steps": 3, "clock": 1.0})
@@ -240,7 +242,7 @@ def test_every_reader_sets_a_damaged_file_aside(tmp_path, capsys):
     # a batch status file: the job is not taken as done
     (tmp_path / "batch").mkdir()
     (tmp_path / "batch" / "data-caltech256.json").write_bytes(b"\x00\x00")
-    assert not run_batch.is_complete(tmp_path, job)
+    assert not is_complete(tmp_path, job, "code")
     # a run's per-example records: the difficulty check goes on without them
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "run.examples.npz").write_bytes(b"PK\x03\x04 cut short")
@@ -275,7 +277,7 @@ def test_a_second_batch_refuses_while_the_first_runs(tmp_path, capsys):
         first.wait()
     # a lock from another host cannot be checked: refused, naming the file to delete
     write_json(out / "batch.lock", {"pid": first.pid, "host": "colab-vm-elsewhere"})
-    with pytest.raises(run_batch.BatchLocked, match="delete .*batch.lock"):
+    with pytest.raises(BatchLocked, match="delete .*batch.lock"):
         with batch_lock(out):
             pass
     # a lock whose process is gone is stale: taken over with a message, released after
@@ -284,7 +286,51 @@ def test_a_second_batch_refuses_while_the_first_runs(tmp_path, capsys):
         assert json.loads(lock.read_text())["pid"] == os.getpid()
     assert f"pid {first.pid} on {socket.gethostname()}) is no longer running" in \
         capsys.readouterr().out
-    assert not (out / "batch.lock").exists()
+    assert sorted(p.name for p in out.iterdir()) == []     # nothing left behind
+
+
+_TAKE_OVER = """
+import sys, time
+sys.path.insert(0, {root!r})
+from speedup.study import BatchLocked, batch_lock
+while time.time() < {at}:
+    pass
+try:
+    with batch_lock({out!r}):
+        print("HELD", flush=True)
+        time.sleep(1.5)
+except BatchLocked:
+    print("REFUSED", flush=True)
+"""
+
+
+def test_two_batches_finding_one_stale_lock_at_once_never_both_take_it(tmp_path):
+    """A stale lock is taken over under a guard: of batches that find it at the same
+    instant, one holds the folder and the others are refused while it runs."""
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = _sleeper()
+    dead.kill()
+    dead.wait()
+    write_json(out / "batch.lock", {"pid": dead.pid, "host": socket.gethostname()})
+    at = time.time() + 8.0    # all start at once, well after their imports (torch)
+    racers = [subprocess.Popen([sys.executable, "-c", _TAKE_OVER.format(
+        root=str(ROOT), at=at, out=str(out)).replace("time.sleep(1.5)", "time.sleep(6)")],
+        stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    said = sorted(r.communicate(timeout=90)[0].strip().splitlines()[-1] for r in racers)
+    assert said == ["HELD", "REFUSED", "REFUSED"], said
+    assert not list(out.iterdir())        # the lock and its guard are gone
+
+
+def test_a_batch_killed_with_sigkill_leaves_its_lock_and_nothing_else(tmp_path):
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", _TAKE_OVER.format(
+        root=str(ROOT), at=0, out=str(out)).replace("time.sleep(1.5)", "time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "HELD"
+    holder.kill()
+    holder.wait()
+    assert sorted(p.name for p in out.iterdir()) == ["batch.lock"]
 
 
 # ------------------------------------------------------------------------- a full disk
@@ -356,14 +402,14 @@ def out_of_space(job, output_dir, threads, device=None):
 
 def test_a_full_disk_stops_the_batch_and_says_where(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(run_batch, "execute", out_of_space)
-    plan = {"stages": {"data_prep": [_job("a"), _job("b"), _job("c")]}}
+    plan = {"task": "cv", "stages": {"data_prep": [_job("a"), _job("b"), _job("c")]}}
     with pytest.raises(DiskFullError, match=r"job a: .*no space left in /out/results .* "
                        "needs 812 bytes"):
-        run_batch.run_plan(plan, str(tmp_path), workers=1, stages=("data_prep",))
+        run_batch.run_batch(plan, str(tmp_path), workers=1, stages=("data_prep",))
     assert sorted(p.name for p in tmp_path.glob("started-*")) == ["started-a"]  # none after
     # the command line: exit 2, the message on stderr, the lock released
-    real = run_batch.run_plan
-    monkeypatch.setattr(run_batch, "run_plan",
+    real = run_batch.run_batch
+    monkeypatch.setattr(run_batch, "run_batch",
                         lambda *a: real(plan, str(tmp_path), 1, ("data_prep",)))
     profile = tmp_path / "p.yaml"
     profile.write_text(yaml.safe_dump(TINY))

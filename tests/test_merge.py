@@ -77,7 +77,7 @@ def test_merged_notebook_holds_each_definition_once():
     markers = {nbexport.cell_marker(c) for c in merged.cells}
     assert nbexport.PER_RUN not in markers and nbexport.CHAPTER_IMPORT not in markers
     loops = [c.source for c in merged.cells if c.id.endswith("-run")]
-    assert len(loops) == 4 and all("run_stage(PLAN" in s for s in loops)
+    assert len(loops) == 4 and all("run_plan(PLAN, output_dir, RUN_HERE" in s for s in loops)
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)

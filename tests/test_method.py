@@ -1,5 +1,4 @@
-"""Unit tests of chapter 3's definitions: schedules, metrics, scoring, the loop."""
-import dataclasses
+"""Unit tests of chapter 3's definitions: schedules, arms, metrics, tasks, the loop."""
 import math
 import os
 import time
@@ -10,16 +9,11 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, f1_score
 
-import run_batch
-from speedup.method import (
-    RESULT_KEYS, RunConfig, arm_of, batch_shapes, channel_stats, classification_metrics,
-    competence, difficulty_scores, fit, parameter_defaults, progressive_size, run_id,
-    train_loop,
-)
-
-# The chapter's parameters cell: a run's settings as the batch passes them (minus variants).
-DEFAULTS = {k: v for k, v in parameter_defaults(run_batch.parameters_source("method")).items()
-            if k != "variants"}
+from speedup.arms import (ARMS, SettingError, arm_class, competence, make_arm,
+                          progressive_size)
+from speedup.metrics import classification_metrics
+from speedup.tasks import ImageTask, probe_difficulty
+from speedup.train import MACHINE_SETTINGS, RunConfig, batch_shapes, train_loop
 
 
 @pytest.mark.parametrize("start_scale,delay,ramp", [(0.5, 0.2, 0.5), (0.25, 0.0, 1.0),
@@ -49,12 +43,22 @@ def test_competence_matches_platanios_root_schedule():
 
 
 def test_arm_hooks_only_change_their_own_axis():
-    settings = DEFAULTS | {"start_scale": 0.5, "start_competence": 0.25}
-    base, prog, diff = (arm_of(settings | {"curriculum": k}, 32)
-                        for k in ("none", "progressive", "difficulty"))
-    assert base.size(0) == 32 and base.pool(0, 100) == 100
-    assert prog.size(0) == 16 and prog.pool(0, 100) == 100
-    assert diff.size(0) == 32 and diff.pool(0, 100) == 25 and diff.pool(1, 100) == 100
+    base, prog, diff = (make_arm(k, "cv") for k in ("baseline", "progressive", "difficulty"))
+    assert base.size(0, 32) == 32 and base.pool(0, 100) == 100
+    assert prog.size(0, 32) == 16 and prog.pool(0, 100) == 100
+    assert diff.size(0, 32) == 32 and diff.pool(0, 100) == 25 and diff.pool(1, 100) == 100
+
+
+def test_the_flagship_is_one_name_with_a_class_per_task_each_with_its_own_knobs():
+    images, text = arm_class("progressive", "cv"), arm_class("progressive", "nlp")
+    assert images is not text and {"cv", "nlp"} == set(ARMS["progressive"])
+    assert "start_scale" in images.defaults() and "start_scale" not in text.defaults()
+    assert "start_length" in text.defaults() and "start_length" not in images.defaults()
+    assert make_arm("progressive", "nlp", {"start_length": 16}).size(0, 64) == 16
+    with pytest.raises(SettingError, match="'start_scale'.*not a setting of arm"):
+        make_arm("progressive", "nlp", {"start_scale": 0.5})
+    with pytest.raises(SettingError, match="'arm' = 'random'"):
+        make_arm("random", "cv")
 
 
 def test_single_label_metrics_against_hand_computed_values():
@@ -96,11 +100,11 @@ def test_difficulty_scores_rank_prototypical_examples_as_easier():
     x[y == 1, 2] += 200  # class 1 is blue
     x[:6, 0] -= 200      # six class-0 images lose their red: atypical, hard
     x[:6, 2] += 100
-    scores = difficulty_scores(x, y, 2)
+    scores = probe_difficulty(x, y, 2)
     assert set(np.argsort(scores)[-6:]) == set(range(6))
 
 
-def _toy_data(n, multi=False):
+def _toy_split(n, multi=False):
     g = torch.Generator().manual_seed(1)
     y = torch.randint(0, 3, (n,), generator=g)
     x = torch.randint(0, 50, (n, 3, 16, 16), dtype=torch.uint8, generator=g)
@@ -108,24 +112,32 @@ def _toy_data(n, multi=False):
         x[y == c, c] += 150
     if multi:
         t = torch.nn.functional.one_hot(y, 3).float()
-        return NS(images=x, targets=t, mask=torch.ones_like(t, dtype=torch.bool))
-    return NS(images=x, targets=y, mask=None)
+        return NS(images=x, targets=t, mask=torch.ones_like(t, dtype=torch.bool),
+                  difficulty=None)
+    return NS(images=x, targets=y, mask=None, difficulty=None)
 
 
-@pytest.mark.parametrize("kind", ["none", "progressive", "difficulty"])
+def _toy_images(multi=False):
+    """A 16 px, 3-class version in memory, as ``load_version`` returns one."""
+    return NS(train=_toy_split(192, multi), val=_toy_split(48, multi),
+              test=_toy_split(48, multi), multi_label=multi, classes=["r", "g", "b"],
+              image_size=16, manifest={"source": "toy"})
+
+
+@pytest.mark.parametrize("kind", ["baseline", "progressive", "difficulty"])
 @pytest.mark.parametrize("multi", [False, True])
-def test_fit_learns_and_records_each_validation_pass(kind, multi):
+def test_an_image_task_learns_and_records_each_validation_pass(kind, multi):
     torch.set_num_threads(1)
-    from speedup.models import build_model
-    data = NS(train=_toy_data(192, multi), val=_toy_data(48, multi), multi_label=multi)
-    net = build_model("resnet18", 3, width=8, full_size=16)
-    dev = torch.device("cpu")
-    mean, std = channel_stats(data.train.images, dev)
+    config = RunConfig.from_flat({"arm": kind, "arch": "resnet18", "width": 8, "epochs": 3,
+                                  "batch_size": 32, "eval_points": 6, "weight_decay": 0,
+                                  "start_scale": 0.5} if kind == "progressive" else
+                                 {"arm": kind, "arch": "resnet18", "width": 8, "epochs": 3,
+                                  "batch_size": 32, "eval_points": 6, "weight_decay": 0})
+    task = ImageTask(config, torch.device("cpu"), _toy_images(multi))
+    task.item_flops = lambda size: size ** 2     # a simple, checkable cost
+    net = task.make_model()
     order = np.arange(192) if kind == "difficulty" else None
-    arm = arm_of(DEFAULTS | {"curriculum": kind, "start_scale": 0.5}, 16)
-    hist = fit(net, data, arm, epochs=3, batch_size=32, lr=0.05, momentum=0.9,
-               weight_decay=0, label_smoothing=0, seed=0, device=dev, mean=mean, std=std,
-               order=order, clock_start=1.5, eval_points=6, work=lambda size: size ** 2)
+    hist = train_loop(net, task, config.arm, config, order=order, clock_start=1.5)
     # 6 steps per epoch, 18 in all: a validation pass every 3 steps, whatever the arm
     assert [h["step"] for h in hist] == [3, 6, 9, 12, 15, 18]
     assert [h["epoch"] for h in hist] == [0.5, 1, 1.5, 2, 2.5, 3]
@@ -147,87 +159,101 @@ def test_fit_learns_and_records_each_validation_pass(kind, multi):
     assert hist[-1]["val_primary"] > 0.5
 
 
+def _run(**settings):
+    return RunConfig.from_flat({"dataset": "voc2012", "version": "1MB", "arch": "vgg11_bn",
+                                "arm": "baseline", "seed": 0, **settings})
+
+
 def test_run_id_is_stable_and_changes_with_any_setting_of_its_arm():
-    p = DEFAULTS | {"dataset": "voc2012", "version": "1MB", "arch": "vgg11_bn",
-                    "curriculum": "none", "seed": 0}
-    assert run_id(p) == run_id(dict(p))
-    assert run_id(p).startswith("voc2012-1MB-vgg11_bn-none-s0-")
-    assert run_id(p | {"lr": 2}) != run_id(p)
-    assert "-b0.5-" in run_id(p | {"budget": 0.5})
-    # another arm's knob does not make the baseline a new run; its own arm's does
-    assert run_id(p | {"start_scale": 0.25}) == run_id(p)
-    prog = p | {"curriculum": "progressive"}
-    assert run_id(prog | {"start_scale": 0.25}) != run_id(prog)
-    assert run_id(prog | {"num_threads": 3, "output_dir": "elsewhere"}) == run_id(prog)
+    run = _run()
+    assert run.run_id() == _run().run_id()
+    assert run.run_id().startswith("voc2012-1MB-vgg11_bn-baseline-s0-")
+    assert _run(lr=2).run_id() != run.run_id()
+    assert "-b0.5-" in _run(budget=0.5).run_id()
+    # the baseline has no knob of another arm; its own arm's knobs make a new run
+    with pytest.raises(SettingError, match="'start_scale'"):
+        _run(start_scale=0.25)
+    prog = _run(arm="progressive")
+    assert _run(arm="progressive", start_scale=0.25).run_id() != prog.run_id()
+    assert _run(arm="progressive", num_threads=3, output_dir="else").run_id() == prog.run_id()
 
 
-def test_the_run_configuration_is_the_parameters_cell():
-    """One definition of a run's settings: the parameters cell's names are RunConfig's
-    fields, and the result key is every field but the machine's."""
-    assert set(DEFAULTS) == {f.name for f in dataclasses.fields(RunConfig)}
-    assert set(RESULT_KEYS) == set(DEFAULTS) - {"num_threads", "checkpoint_every_s",
-                                                "output_dir", "run_name"}
-    with pytest.raises(ValueError, match="unknown \\['speed'\\]"):
-        RunConfig.from_params(DEFAULTS | {"speed": 2})
+def test_a_runs_key_holds_its_own_arms_and_tasks_settings_and_no_others():
+    prog, text = _run(arm="progressive"), RunConfig.from_flat(
+        {"task": "nlp", "arch": "gpt1", "arm": "progressive", "dataset": "bookcorpus"})
+    assert {"start_scale", "width"} <= set(prog.key())
+    assert not {"start_length", "seq_length", "preset"} & set(prog.key())
+    assert {"start_length", "seq_length", "preset"} <= set(text.key())
+    assert not {"start_scale", "width", "resize_mode"} & set(text.key())
+    assert not set(MACHINE_SETTINGS) & set(prog.key())
+    assert RunConfig.from_flat(prog.flat()) == prog      # the flat form round-trips
+    with pytest.raises(SettingError, match="'speed'.*known:"):
+        _run(speed=2)
 
 
-@pytest.mark.parametrize("key,value", [("curriculum", "random"), ("start_scale", 0),
+@pytest.mark.parametrize("key,value", [("arm", "random"), ("start_scale", 0),
                                        ("ramp_fraction", 1.5), ("epochs", 0), ("lr", -1),
                                        ("precision", "fp8"), ("checkpoint_every_s", -1),
                                        ("budget", 0), ("budget", 1.5), ("eval_points", 0),
-                                       ("start_competence", 0), ("resize_mode", "bicubic")])
-def test_bad_training_parameters_are_named(key, value):
-    curriculum = "difficulty" if key == "start_competence" else "progressive"
-    with pytest.raises(ValueError, match=f"'{key}'"):
-        RunConfig.from_params(DEFAULTS | {"curriculum": curriculum, key: value}).check()
+                                       ("start_competence", 0), ("resize_mode", "bicubic"),
+                                       ("epochs", "six"), ("width", 0), ("arch", "bert")])
+def test_bad_settings_are_named_before_any_work(key, value):
+    arm = "difficulty" if key == "start_competence" else "progressive"
+    with pytest.raises(SettingError, match=f"'{key}'"):
+        _run(**{"arm": arm, key: value})
 
 
-def _loop(batch_loss, arm, n=64, **kw):
+class _Linear:
+    """A task of 64 points in 4 dimensions (a duck-typed ``ImageTask``): the loop's tests."""
+    primary, full_size, n_train, device, generators = "accuracy", 16, 64, \
+        torch.device("cpu"), ()
+
+    def __init__(self, slow_first_time=False):
+        g = torch.Generator().manual_seed(0)
+        self.x, self.y = torch.randn(64, 4, generator=g), torch.randint(0, 2, (64,), generator=g)
+        self.slow, self.seen = slow_first_time, []
+
+    def batch_loss(self, net, idx, size):
+        if self.slow and size not in self.seen:
+            self.seen.append(size)
+            time.sleep(0.4)
+        loss = torch.nn.functional.cross_entropy(net(self.x[idx] * size / 16), self.y[idx])
+        return loss, len(idx), len(idx) * size
+
+    def item_flops(self, size):
+        return size
+
+    def evaluate(self, net, split):
+        return {"accuracy": float(net.weight.detach().sum())}
+
+
+def _loop(task, arm, **settings):
     torch.manual_seed(0)
     net = torch.nn.Linear(4, 2)
-    settings = dict(primary="accuracy", epochs=4, batch_size=16, optimizer="sgd", lr=0.1,
-                    momentum=0.9, weight_decay=0.0, seed=0, device=torch.device("cpu"),
-                    eval_points=4) | kw
-    return train_loop(net, n, lambda idx, size: batch_loss(net, idx, size),
-                      lambda: {"accuracy": float(net.weight.detach().sum())}, arm, **settings)
+    config = RunConfig.from_flat({"epochs": 4, "batch_size": 16, "lr": 0.1,
+                                  "weight_decay": 0.0, "eval_points": 4, **settings})
+    return train_loop(net, task, arm, config)
 
 
-def _linear_loss(x, y):
-    def batch_loss(net, idx, size):
-        return torch.nn.functional.cross_entropy(net(x[idx] * size / 16), y[idx]), len(idx)
-    return batch_loss
+_RAMP = {"start_scale": 0.5, "delay_fraction": 0.0, "ramp_fraction": 1.0}
 
 
 def test_warm_up_runs_every_input_size_outside_the_clock_and_changes_nothing(monkeypatch):
     """Each input size's first pass is slow (cuDNN's kernel search, allocations): the
     warm-up pays it before the clock starts, and training is as if it never happened."""
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(64, 4, generator=g), torch.randint(0, 2, (64,), generator=g)
-    arm = arm_of(DEFAULTS | {"curriculum": "progressive", "start_scale": 0.5,
-                             "delay_fraction": 0.0, "ramp_fraction": 1.0}, 16)
-    seen, plain = [], _linear_loss(x, y)
-
-    def slow_first_time(net, idx, size):
-        if size not in seen:
-            seen.append(size)
-            time.sleep(0.4)
-        return plain(net, idx, size)
-
-    hist = _loop(slow_first_time, arm)
-    assert sorted(seen) == [8, 12, 16]  # every size of the schedule, before training
+    arm, slow = make_arm("progressive", "cv", _RAMP), _Linear(slow_first_time=True)
+    hist = _loop(slow, arm)
+    assert sorted(slow.seen) == [8, 12, 16]  # every size of the schedule, before training
     assert hist[-1]["train_time_s"] < 0.4
-    monkeypatch.setattr("speedup.method.warm_up", lambda *a, **k: None)
-    unwarmed = _loop(plain, arm)
+    monkeypatch.setattr("speedup.train.warm_up", lambda *a, **k: None)
+    unwarmed = _loop(_Linear(), arm)
     assert [h["train_loss"] for h in hist] == [h["train_loss"] for h in unwarmed]
     assert [h["val_primary"] for h in hist] == [h["val_primary"] for h in unwarmed]
 
 
 def test_a_budget_trains_a_fraction_of_the_steps_with_a_complete_schedule():
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(64, 4, generator=g), torch.randint(0, 2, (64,), generator=g)
-    arm = arm_of(DEFAULTS | {"curriculum": "progressive", "start_scale": 0.5,
-                             "delay_fraction": 0.0, "ramp_fraction": 1.0}, 16)
-    full, half = _loop(_linear_loss(x, y), arm), _loop(_linear_loss(x, y), arm, budget=0.5)
+    arm = make_arm("progressive", "cv", _RAMP)
+    full, half = _loop(_Linear(), arm), _loop(_Linear(), arm, budget=0.5)
     # 16 steps, a validation pass every 4 (the full budget's interval) for both
     assert [h["step"] for h in full] == [4, 8, 12, 16]
     assert [h["step"] for h in half] == [4, 8]
@@ -235,12 +261,18 @@ def test_a_budget_trains_a_fraction_of_the_steps_with_a_complete_schedule():
     assert half[-1]["mean_input_size"] > full[1]["mean_input_size"]
 
 
+def test_the_loop_counts_the_flops_its_task_reports_for_each_batch():
+    hist = _loop(_Linear(), make_arm("progressive", "cv", _RAMP))
+    # _Linear reports len(idx) x size per batch; the loop adds 3x that (forward + backward)
+    sizes = [progressive_size(k / 16, 16, 0.5, 0.0, 1.0, 4) for k in range(16)]
+    assert hist[-1]["train_flops"] == 3 * 16 * sum(sizes)
+
+
 def test_warm_up_covers_the_epochs_short_last_batch_and_a_small_early_pool():
-    base = arm_of(DEFAULTS | {"curriculum": "none"}, 16)
-    assert batch_shapes(base, 70, 16, 10) == {(16, 16), (16, 6)}  # 70 = 4 x 16 + 6
-    paced = arm_of(DEFAULTS | {"curriculum": "difficulty", "start_competence": 0.1,
-                               "competence_fraction": 0.5}, 16)
-    counts = {count for _, count in batch_shapes(paced, 70, 16, 20)}
+    base = make_arm("baseline", "cv")
+    assert batch_shapes(base, 70, 16, 10, 16) == {(16, 16), (16, 6)}  # 70 = 4 x 16 + 6
+    paced = make_arm("difficulty", "cv", {"start_competence": 0.1, "competence_fraction": 0.5})
+    counts = {count for _, count in batch_shapes(paced, 70, 16, 20, 16)}
     assert {7, 16, 6} <= counts  # 10% of 70 examples at the start, then the short last batch
 
 
@@ -265,7 +297,7 @@ def _vocevalcls_ap(out, gt):
 
 @pytest.mark.parametrize("case", ["random", "ties", "difficult", "one-positive", "perfect"])
 def test_voc_ap_equals_the_devkits_vocevalcls(case):
-    from speedup.method import voc_ap
+    from speedup.metrics import voc_ap
     rng = np.random.default_rng(len(case))
     n = 200
     gt = rng.choice([1, -1], size=n, p=[0.3, 0.7])
@@ -303,8 +335,8 @@ def test_multi_label_metrics_name_both_aps_and_use_sklearns_macro_f1():
 
 
 def test_the_three_resize_modes_do_what_their_sources_do():
-    from speedup.method import RESIZE_MODES, shrink
-    assert RESIZE_MODES == ("antialias", "nearest", "crop")
+    from speedup.tasks import shrink
+    assert arm_class("progressive", "cv").RESIZE_MODES == ("antialias", "nearest", "crop")
     board = (torch.arange(16).view(1, 16) + torch.arange(16).view(16, 1)) % 2
     x = board.float().expand(2, 3, 16, 16).contiguous()  # a 1-pixel checkerboard
     smooth = shrink(x, 8, "antialias")
@@ -323,9 +355,9 @@ def test_the_three_resize_modes_do_what_their_sources_do():
 
 
 def test_the_anti_curriculum_paces_the_same_pool_from_the_hardest_end():
-    settings = DEFAULTS | {"start_competence": 0.25, "competence_fraction": 0.5}
-    easy = arm_of(settings | {"curriculum": "difficulty"}, 16)
-    hard = arm_of(settings | {"curriculum": "anti"}, 16)
+    settings = {"start_competence": 0.25, "competence_fraction": 0.5}
+    easy = make_arm("difficulty", "cv", settings)
+    hard = make_arm("anti", "cv", settings)
     scores = np.array([0.3, 0.9, 0.1, 0.5])
     assert easy.example_order(lambda: scores).tolist() == [2, 0, 3, 1]
     assert hard.example_order(lambda: scores).tolist() == [1, 3, 0, 2]
@@ -340,11 +372,11 @@ from pathlib import Path  # noqa: E402
 
 from scipy.stats import spearmanr  # noqa: E402
 
-import speedup.method as method  # noqa: E402
-from speedup.method import (
-    EXAMPLES_SUFFIX, example_records, image_example_losses, per_example_loss, rank_correlation,
-    ranks_examples, text_example_losses,
-)
+import speedup.tasks as tasks  # noqa: E402
+import speedup.train as train  # noqa: E402
+from speedup.tasks import EVAL_MASK_SEED, TextTask, Tokenised, pad_rows, per_example_loss  # noqa: E402,E501
+from speedup.train import (EXAMPLES_SUFFIX, example_records, rank_correlation,  # noqa: E402
+                           ranks_examples, run_training)
 
 
 @pytest.fixture(scope="module")
@@ -358,9 +390,9 @@ def tiny_version(tmp_path_factory):
 
 
 def _tiny_run(out, **changes):
-    return DEFAULTS | {"dataset": "caltech256", "version": "40KB", "arch": "vgg11_bn",
-                       "width": 8, "epochs": 2, "batch_size": 32, "num_threads": 1,
-                       "checkpoint_every_s": 0.0, "output_dir": str(out), **changes}
+    return RunConfig.from_flat({"dataset": "caltech256", "version": "40KB", "arch": "vgg11_bn",
+                                "width": 8, "epochs": 2, "batch_size": 32, "num_threads": 1,
+                                "checkpoint_every_s": 0.0, "output_dir": str(out), **changes})
 
 
 def test_ranking_runs_and_the_full_budget_baseline_keep_aligned_records(tiny_version,
@@ -368,7 +400,7 @@ def test_ranking_runs_and_the_full_budget_baseline_keep_aligned_records(tiny_ver
     """A difficulty run keeps its scores, the full-budget baseline its losses after
     training, both with the known difficulty, in the training split's order, written
     before the result; the result notes their rank correlation with the known one."""
-    load_version = method.load_version
+    load_version = tasks.load_version
     known = {}
 
     def with_known(*args):  # a made-up known difficulty (the sample's own may be None)
@@ -385,11 +417,11 @@ def test_ranking_runs_and_the_full_budget_baseline_keep_aligned_records(tiny_ver
             written.append(Path(path).with_name(Path(path).stem + EXAMPLES_SUFFIX).exists())
         return json_writer(path, result)
 
-    json_writer = method.write_json
-    monkeypatch.setattr(method, "load_version", with_known)
-    monkeypatch.setattr(method, "write_json", write_json)
-    results = {arm: method.run_training(**_tiny_run(tiny_version, curriculum=arm))
-               for arm in ("difficulty", "none")}
+    json_writer = train.write_json
+    monkeypatch.setattr(tasks, "load_version", with_known)
+    monkeypatch.setattr(train, "write_json", write_json)
+    results = {arm: run_training(_tiny_run(tiny_version, arm=arm))
+               for arm in ("difficulty", "baseline")}
     assert written == [True, True]
     records = {}
     for arm, result in results.items():
@@ -401,23 +433,23 @@ def test_ranking_runs_and_the_full_budget_baseline_keep_aligned_records(tiny_ver
                    for a in records[arm].values())
         np.testing.assert_array_equal(records[arm]["known"], known["train"])
     assert set(records["difficulty"]) == {"score", "known"}
-    assert set(records["none"]) == {"loss", "known"}
+    assert set(records["baseline"]) == {"loss", "known"}
     # the scores are the run's own ranking, example by example
     data = known["data"]
-    np.testing.assert_allclose(records["difficulty"]["score"], difficulty_scores(
+    np.testing.assert_allclose(records["difficulty"]["score"], probe_difficulty(
         data.train.images, data.train.targets, len(data.classes), data.train.mask, 0),
         rtol=1e-5)
-    loss = records["none"]["loss"]
+    loss = records["baseline"]["loss"]
     assert np.isfinite(loss).all() and (loss > 0).all() and np.ptp(loss) > 0
     assert results["difficulty"]["difficulty_known_spearman"] == pytest.approx(
         spearmanr(records["difficulty"]["score"], known["train"]).statistic)
-    assert results["none"]["loss_known_spearman"] == pytest.approx(
+    assert results["baseline"]["loss_known_spearman"] == pytest.approx(
         spearmanr(loss, known["train"]).statistic)
     assert "loss_known_spearman" not in results["difficulty"]
     # a reused result still has its records
-    again = method.run_training(**_tiny_run(tiny_version, curriculum="none"))
-    assert again == results["none"] and (tiny_version / "results" / again["examples_file"]
-                                         ).exists()
+    again = run_training(_tiny_run(tiny_version, arm="baseline"))
+    assert again == results["baseline"] and (tiny_version / "results" / again["examples_file"]
+                                             ).exists()
 
 
 def test_only_ranking_arms_and_the_full_budget_baseline_keep_records():
@@ -428,12 +460,13 @@ def test_only_ranking_arms_and_the_full_budget_baseline_keep_records():
 
     def losses():
         raise AssertionError("a run that keeps no losses must not compute them")
-    assert ranks_examples("difficulty") and ranks_examples("anti")
-    assert not ranks_examples("none") and not ranks_examples("progressive")
-    for curriculum, budget in (("progressive", 1.0), ("none", 0.5)):
-        assert example_records({"curriculum": curriculum, "budget": budget},
-                               ranks_examples(curriculum), scores, losses, known) == {}
-    assert example_records({"curriculum": "anti", "budget": 1.0}, True, scores, losses,
+    assert ranks_examples(make_arm("difficulty", "cv")) and ranks_examples(make_arm("anti", "cv"))
+    assert not ranks_examples(make_arm("baseline", "cv"))
+    assert not ranks_examples(make_arm("progressive", "cv"))
+    for arm, budget in (("progressive", 1.0), ("baseline", 0.5)):
+        assert example_records(NS(arm=make_arm(arm, "cv"), budget=budget), scores, losses,
+                               known) == {}
+    assert example_records(NS(arm=make_arm("anti", "cv"), budget=1.0), scores, losses,
                            None).keys() == {"score"}
     rho, n = rank_correlation([1, 2, np.nan, 4, 3], [1, 2, 3, 4, 5])
     assert n == 4 and rho == pytest.approx(spearmanr([1, 2, 4, 3], [1, 2, 4, 5]).statistic)
@@ -445,7 +478,6 @@ def test_the_trained_baselines_losses_rank_a_constructed_difficulty():
     hardest fifth carry a wrong label; after training, the per-example losses (eval mode,
     full size, the split's order) must rank them."""
     torch.set_num_threads(1)
-    from speedup.models import build_model
     g = torch.Generator().manual_seed(2)
     n = 192
     known = torch.rand(n, generator=g)
@@ -455,21 +487,20 @@ def test_the_trained_baselines_losses_rank_a_constructed_difficulty():
         x[y == c, c] += (150 * (1 - known[y == c])).to(torch.uint8).view(-1, 1, 1)
     noisy = known > 0.8
     y[noisy] = (y[noisy] + 1) % 3
-    train = NS(images=x, targets=y, mask=None)
-    data = NS(train=train, val=_toy_data(48), multi_label=False)
-    net = build_model("resnet18", 3, width=8, full_size=16)
-    dev = torch.device("cpu")
-    mean, std = channel_stats(x, dev)
-    arm = arm_of(DEFAULTS | {"curriculum": "none"}, 16)
-    fit(net, data, arm, epochs=4, batch_size=32, lr=0.05, momentum=0.9, weight_decay=0,
-        label_smoothing=0, seed=0, device=dev, mean=mean, std=std, eval_points=2)
-    loss = image_example_losses(net, train, 16, mean, std, dev, False, batch_size=50)
+    data = _toy_images()
+    data.train = NS(images=x, targets=y, mask=None, difficulty=None)
+    config = RunConfig.from_flat({"arch": "resnet18", "width": 8, "epochs": 4,
+                                  "batch_size": 32, "eval_points": 2, "weight_decay": 0})
+    task = ImageTask(config, torch.device("cpu"), data)
+    net = task.make_model()
+    train_loop(net, task, config.arm, config)
+    loss = task.example_losses(net, batch_size=50)
     assert loss.dtype == np.float32 and loss.shape == (n,)
     # example by example, the same as the network's loss on that example alone
     for i in (0, 77, 191):
         with torch.no_grad():
             one = torch.nn.functional.cross_entropy(
-                net(method.to_input(x[i:i + 1], 16, mean, std, dev)), y[i:i + 1])
+                net(tasks.to_input(x[i:i + 1], 16, task.stats)), y[i:i + 1])
         assert loss[i] == pytest.approx(float(one), rel=1e-4, abs=1e-6)
     assert loss[noisy.numpy()].mean() > 3 * loss[(known < 0.5).numpy()].mean()
     assert spearmanr(loss, known).statistic > 0.4
@@ -486,9 +517,7 @@ def test_a_multi_label_examples_loss_averages_its_scored_classes():
 
 
 def _text_task(objective, arch, n=12, length=16):
-    from speedup.models import build_text_model
     from speedup.textdata import train_tokenizer
-    from transformers import DataCollatorForLanguageModeling
     words = "the cat sat on a mat while dogs ran far away from home".split()
     rng = np.random.default_rng(0)
     texts = [" ".join(rng.choice(words, 24)) for _ in range(40)]
@@ -503,15 +532,13 @@ def _text_task(objective, arch, n=12, length=16):
         ids = {"train": [torch.randint(5, len(tok), (int(k),), generator=g).tolist()
                          for k in torch.randint(3, length + 4, (n,), generator=g)]}
         labels = {"train": torch.randint(0, 3, (n,), generator=g)}
-    task = method.TextTask(objective, arch, length, tok.pad_token_id, len(tok),
-                           ["a", "b", "c"], ids, labels,
-                           special_ids=torch.tensor(tok.all_special_ids))
-    if objective == "lm" and arch == "bert":
-        task.masker = DataCollatorForLanguageModeling(tok, mlm_probability=0.15)
+    config = RunConfig.from_flat({"task": "nlp", "arch": arch, "seq_length": length,
+                                  "dataset": "bookcorpus" if objective == "lm"
+                                  else "yahoo_answers"})
+    task = TextTask(config, torch.device("cpu"),
+                    Tokenised(tok, ids, labels, [] if objective == "lm" else ["a", "b", "c"]))
     torch.manual_seed(0)
-    net = build_text_model(arch, objective, "micro", len(tok), num_labels=3,
-                           pad_token_id=tok.pad_token_id)
-    return task, net
+    return task, task.make_model()
 
 
 @pytest.mark.parametrize("objective,arch", [("classify", "gpt1"), ("lm", "gpt1"),
@@ -519,16 +546,13 @@ def _text_task(objective, arch, n=12, length=16):
 def test_text_example_losses_are_each_examples_loss_as_the_model_is_scored(objective, arch):
     torch.set_num_threads(1)
     task, net = _text_task(objective, arch)
-    dev = torch.device("cpu")
-    before = getattr(task.masker, "generator", None)
-    loss = text_example_losses(net, task, dev, batch_size=5)
-    assert loss.dtype == np.float32 and loss.shape == (len(task),)
+    loss = task.example_losses(net, batch_size=5)
+    assert loss.dtype == np.float32 and loss.shape == (task.n_train,)
     if arch == "bert":  # masked with a fixed seed: the same losses every time
-        assert task.masker.generator is before
-        np.testing.assert_array_equal(text_example_losses(net, task, dev, batch_size=5), loss)
-        masks, want = torch.Generator().manual_seed(method.EVAL_MASK_SEED + 1), []
-        for i in range(0, len(task), 5):
-            inputs, labels = method.mask_tokens(task, task.ids["train"][i:i + 5], masks)
+        np.testing.assert_array_equal(task.example_losses(net, batch_size=5), loss)
+        masks, want = torch.Generator().manual_seed(EVAL_MASK_SEED + 1), []
+        for i in range(0, task.n_train, 5):
+            inputs, labels = task.mask(task.ids["train"][i:i + 5], masks)
             with torch.no_grad():
                 logits = net(input_ids=inputs).logits
             for row, lab in zip(logits, labels):
@@ -537,20 +561,42 @@ def test_text_example_losses_are_each_examples_loss_as_the_model_is_scored(objec
                             if (lab != -100).any() else float("nan"))
         # a row with no masked token has no loss (NaN: left out of every correlation)
         np.testing.assert_allclose(loss, want, rtol=1e-4)
-        assert np.isfinite(loss).sum() >= len(task) - 2
+        assert np.isfinite(loss).sum() >= task.n_train - 2
         return
     assert np.isfinite(loss).all() and (loss > 0).all()
-    for i in (0, 7, len(task) - 1):  # alone, as evaluate_text would score it
+    for i in (0, 7, task.n_train - 1):  # alone, as evaluate would score it
         with torch.no_grad():
             if objective == "classify":
-                ids, attention = method.pad_rows(task.ids["train"][i:i + 1], 16, task.pad_id)
-                logits, wanted = method.text_forward(net, task, ids, attention,
-                                                     task.labels["train"][i:i + 1])
+                ids, attention = pad_rows(task.ids["train"][i:i + 1], 16, task.pad_id)
+                logits, wanted = task.forward(net, ids, attention,
+                                              task.labels["train"][i:i + 1])
             else:
-                logits, wanted = method.text_forward(net, task, task.ids["train"][i:i + 1],
-                                                     None, None)
+                logits, wanted = task.forward(net, task.ids["train"][i:i + 1], None, None)
             one = torch.nn.functional.cross_entropy(logits.flatten(0, -2), wanted.flatten())
         assert loss[i] == pytest.approx(float(one), rel=1e-4)
+
+
+@pytest.mark.parametrize("objective,arch", [("classify", "bert"), ("lm", "gpt1"),
+                                            ("lm", "bert")])
+def test_a_text_batch_trains_every_token_and_counts_the_flops_of_what_it_fed(objective, arch):
+    """At a length that does not divide the rows, a language model's batch is re-packed,
+    never cut: every token is a target (GPT-1: all but each row's first) or maskable
+    (BERT); a question batch is padded to its widest row. The FLOPs a batch reports are
+    those of the rows it fed the model, counted independently here."""
+    from speedup.models import count_text_flops
+    torch.set_num_threads(1)
+    task, net = _text_task(objective, arch, n=8, length=16)
+    idx = torch.arange(8)
+    loss, tokens, flops = task.batch_loss(net, idx, 12)     # 12 does not divide 16
+    assert torch.isfinite(loss)
+    if objective == "lm":
+        assert tokens == 8 * 16                             # no token dropped
+        rows = -(-8 * 16 // 12)                             # 11 rows of 12, the last padded
+        assert flops == pytest.approx(rows * count_text_flops(net, 12), rel=1e-6)
+    else:
+        width = min(12, max(len(task.ids["train"][i]) for i in range(8)))
+        assert tokens == sum(min(len(task.ids["train"][i]), 12) for i in range(8))
+        assert flops == pytest.approx(8 * count_text_flops(net, width), rel=1e-6)
 
 
 def test_an_error_in_a_training_step_names_its_module_and_chapter_cell(tiny_version,
@@ -563,10 +609,10 @@ def test_an_error_in_a_training_step_names_its_module_and_chapter_cell(tiny_vers
     def broken_step(self, loss, opt):
         raise RuntimeError("a broken training step")
 
-    monkeypatch.setattr(method.MixedPrecision, "backward_step", broken_step)
+    monkeypatch.setattr(train.MixedPrecision, "backward_step", broken_step)
     with pytest.raises(RuntimeError, match="a broken training step") as info:
-        method.run_training(**_tiny_run(tiny_version, curriculum="none", run_name="broken"))
+        run_training(_tiny_run(tiny_version, run_name="broken"))
     text = "".join(traceback.format_exception(info.value))
-    assert f"speedup{os.sep}method.py" in text          # the frames of the package
-    assert re.search(r"speedup/method\.py:\d+ train_loop <- chapters/03_method\.ipynb, "
+    assert f"speedup{os.sep}train.py" in text          # the frames of the package
+    assert re.search(r"speedup/train\.py:\d+ train_loop <- chapters/03_method\.ipynb, "
                      r"cell 03-016d", text), text[-2000:]

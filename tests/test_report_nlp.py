@@ -27,7 +27,7 @@ ARCHS = ("bert", "gpt1")
 DATASETS = ("yahoo_answers", "bookcorpus")
 PROFILE = Path(__file__).resolve().parents[1] / "params" / "nlp-test.yaml"
 VERSIONS = tuple(yaml.safe_load(PROFILE.read_text())["data_prep"]["params"]["sizes"])
-CURRICULA = ("none", "progressive", "difficulty")
+ARMS = ("baseline", "progressive", "difficulty")
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +53,9 @@ def test_merged_notebook_runs_every_job_of_the_text_demo(demo_notebook_run):
         assert result["params"]["task"] == "nlp" and result["data_source"] == "sample"
         check_validation_passes(run, result)
     cases = {(r["params"]["arch"], r["params"]["dataset"], r["params"]["version"],
-              r["params"]["curriculum"]) for r in results}
+              r["params"]["arm"]) for r in results}
     assert cases >= {(a, d, v, c) for a in ARCHS for d in DATASETS for v in VERSIONS
-                     for c in CURRICULA}
+                     for c in ARMS}
     for dataset in DATASETS:
         assert sorted(p.name for p in (out / "data" / dataset).iterdir()) == sorted(VERSIONS)
         assert (out / "figures" / f"samples_{dataset}.png").stat().st_size > 10_000

@@ -13,13 +13,11 @@ import pytest
 import torch
 
 import run_batch
-from speedup.models import build_model, build_text_model
 from speedup.prepare import prepare_dataset
-from speedup.method import (
-    arm_of, NoGPUError, StudyFailed, channel_stats, check_device, expand_plan, finish, fit,
-    fit_text, parameter_defaults, parse_profile, prepare_text_task, resolve_precision,
-    run_stage, run_training,
-)
+from speedup.study import (NoGPUError, StudyFailed, check_device, expand_plan, finish,
+                           in_this_kernel, parameter_defaults, parse_profile, run_plan)
+from speedup.tasks import ImageTask, TextTask
+from speedup.train import RunConfig, resolve_precision, run_training, train_loop
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING = {"interval_time_s", "train_time_s", "throughput"}  # wall-clock: differs run to run
@@ -29,27 +27,26 @@ TIMING = {"interval_time_s", "train_time_s", "throughput"}  # wall-clock: differ
 KILLED_RUN = """
 import json, os, signal, sys
 sys.path.insert(0, {root!r})
-import speedup.method as method
-save = method.Checkpoint.save
+import speedup.train as train
+save = train.Checkpoint.save
 
 def save_then_die(self, state):
     save(self, state)
     if len(json.loads(state["history"])) == {kill_after}:
         os.kill(os.getpid(), signal.SIGKILL)
 
-method.Checkpoint.save = save_then_die
-method.run_training(**json.loads(sys.argv[1]))
+train.Checkpoint.save = save_then_die
+train.run_training(train.RunConfig.from_flat(json.loads(sys.argv[1])))
 """
 KILL_AFTER = 2
 
 
 def _params(out, **changes):
-    """The method chapter's own defaults, with a tiny run's settings."""
-    params = {k: v for k, v in run_batch.chapter_defaults()["method"].items()
-              if k != "variants"}
-    return {**params, "dataset": "caltech256", "version": "40KB", "arch": "vgg11_bn",
-            "width": 8, "curriculum": "difficulty", "epochs": 4, "batch_size": 32,
-            "num_threads": 1, "checkpoint_every_s": 0.0, "output_dir": str(out), **changes}
+    """A tiny run's flat settings (the rest at their defaults)."""
+    image = {} if changes.get("task") == "nlp" else {"width": 8}
+    return {"dataset": "caltech256", "version": "40KB", "arch": "vgg11_bn", **image,
+            "arm": "difficulty", "epochs": 4, "batch_size": 32, "num_threads": 1,
+            "checkpoint_every_s": 0.0, "output_dir": str(out), **changes}
 
 
 @pytest.fixture(scope="module")
@@ -79,13 +76,14 @@ def _flat(value, prefix=""):
 
 @pytest.mark.parametrize("changes", [
     {},  # VGG (dropout), random flips, the difficulty curriculum's order and pool
-    {"task": "nlp", "dataset": "bookcorpus", "arch": "bert", "curriculum": "progressive",
+    {"task": "nlp", "dataset": "bookcorpus", "arch": "bert", "arm": "progressive",
      "optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.01},  # BERT's masking generator
 ], ids=["cv-difficulty", "nlp-bert-warmup"])
 def test_a_run_killed_mid_training_resumes_to_the_same_history(versions, changes):
     """Tolerance: every recorded number except wall-clock times equal to 1e-6 (relative);
     on one CPU thread they are in fact bit-identical."""
-    reference = run_training(**_params(versions, **changes, run_name=f"ref-{len(changes)}"))
+    reference = run_training(RunConfig.from_flat(
+        _params(versions, **changes, run_name=f"ref-{len(changes)}")))
     params = _params(versions, **changes)
     killed = subprocess.run(
         [sys.executable, "-c", KILLED_RUN.format(root=str(ROOT), kill_after=KILL_AFTER),
@@ -95,7 +93,7 @@ def test_a_run_killed_mid_training_resumes_to_the_same_history(versions, changes
     assert len(checkpoints) == 1 and not list(Path(versions, "results").glob(
         f"{checkpoints[0].stem}.json"))
     progress = json.loads(checkpoints[0].with_name(checkpoints[0].name + ".json").read_text())
-    resumed = run_training(**params)
+    resumed = run_training(RunConfig.from_flat(params))
     hist = resumed["history"]
     assert progress["step"] == hist[KILL_AFTER - 1]["step"] < progress["steps"]
     assert progress["steps"] == hist[-1]["step"]
@@ -112,7 +110,7 @@ def test_a_run_killed_mid_training_resumes_to_the_same_history(versions, changes
 
 
 def test_a_checkpoint_of_other_settings_is_ignored(versions, capsys):
-    from speedup.method import Checkpoint
+    from speedup.train import Checkpoint
     cp = Checkpoint(Path(versions, "cp", "x.pt"), {"lr": 0.1})
     cp.save({"step": 1, "steps": 3, "clock": 1.0})
     assert Checkpoint(cp.path, {"lr": 0.2}).load() is None
@@ -127,23 +125,22 @@ def _toy_images(n):
     x = torch.randint(0, 50, (n, 3, 16, 16), dtype=torch.uint8, generator=g)
     for c in range(3):
         x[y == c, c] += 150
-    return NS(images=x, targets=y, mask=None)
+    return NS(images=x, targets=y, mask=None, difficulty=None)
 
 
 def _fit(precision, hook=None):
     torch.set_num_threads(1)
-    data = NS(train=_toy_images(128), val=_toy_images(32), multi_label=False)
+    data = NS(train=_toy_images(128), val=_toy_images(32), test=_toy_images(32),
+              multi_label=False, classes=["r", "g", "b"], image_size=16, manifest={})
+    config = RunConfig.from_flat({"arch": "resnet18", "width": 8, "arm": "progressive",
+                                  "epochs": 3, "batch_size": 32, "weight_decay": 0,
+                                  "precision": precision})
+    task = ImageTask(config, torch.device("cpu"), data)
     torch.manual_seed(0)
-    net = build_model("resnet18", 3, width=8, full_size=16)
+    net = task.make_model()
     if hook:
         net.conv1.register_forward_hook(hook)
-    dev = torch.device("cpu")
-    mean, std = channel_stats(data.train.images, dev)
-    arm = arm_of(_params("nowhere", curriculum="progressive"), 16)
-    hist = fit(net, data, arm, epochs=3, batch_size=32, lr=0.05,
-               momentum=0.9, weight_decay=0, label_smoothing=0, seed=0, device=dev,
-               mean=mean, std=std, precision=precision)
-    return net, hist
+    return net, train_loop(net, task, config.arm, config)
 
 
 def test_cpu_runs_stay_fp32_and_bf16_autocast_works_on_the_cpu():
@@ -164,13 +161,15 @@ def test_cpu_runs_stay_fp32_and_bf16_autocast_works_on_the_cpu():
 
 def test_bf16_autocast_trains_a_text_model_on_the_cpu(versions):
     torch.set_num_threads(1)
-    task = prepare_text_task(str(versions), "bookcorpus", "40KB", "gpt1", 32, 300, False, .15)
+    config = RunConfig.from_flat(_params(versions, task="nlp", dataset="bookcorpus",
+                                         arch="gpt1", arm="baseline", seq_length=32,
+                                         vocab_size=300, epochs=2, batch_size=16,
+                                         optimizer="adamw", lr=3e-3, weight_decay=0.01,
+                                         precision="bf16"))
+    task = TextTask(config, torch.device("cpu"))
     torch.manual_seed(0)
-    net = build_text_model("gpt1", "lm", "micro", task.vocab_size, 2, task.pad_id)
-    arm = arm_of(_params("nowhere", task="nlp", curriculum="none"), 32)
-    hist = fit_text(net, task, arm, epochs=2, batch_size=16,
-                    optimizer="adamw", lr=3e-3, momentum=0.9, weight_decay=0.01, seed=0,
-                    device=torch.device("cpu"), precision="bf16")
+    net = task.make_model()
+    hist = train_loop(net, task, config.arm, config)
     assert hist[-1]["train_loss"] < hist[0]["train_loss"]
     assert np.isfinite(hist[-1]["val"]["perplexity"])
 
@@ -210,34 +209,38 @@ def test_the_notebook_expands_each_profile_as_run_batch_does():
 
 
 def test_failed_inputs_skip_their_dependants_and_the_study_ends_red(tmp_path):
-    plan = {"stages": {
+    """The one runner, as the merged notebook drives it (each job's entry point called in
+    this kernel): a failed data job's training job is skipped, naming it, and the study
+    ends with the list; the statuses are written as the batch's are."""
+    out = str(tmp_path)
+    plan = {"task": "cv", "stages": {
         "data_prep": [{"id": f"data-{d}", "stage": "data_prep",
-                       "params": {"dataset": d, "output_dir": str(tmp_path)}}
-                      for d in ("good", "bad")],
-        "method": [{"id": f"run-{d}", "stage": "method", "main": True,
-                    "params": {"dataset": d, "output_dir": str(tmp_path)}}
-                   for d in ("good", "bad")]}}
-    statuses, calls = {}, []
+                       "params": {"dataset": d, "output_dir": out}} for d in ("good", "bad")],
+        "method": [{"id": f"run-{d}", "stage": "method", "main": True, "frontier": False,
+                    "params": {"arch": "resnet18", "dataset": d, "version": "1MB",
+                               "output_dir": out}} for d in ("good", "bad")]}}
+    calls = []
 
     def prepare(dataset, output_dir):
         if dataset == "bad":
             raise FileNotFoundError("no mirror delivered bad.tar")
-        return dataset
 
-    def train(dataset, output_dir):
-        calls.append(dataset)
-        return dataset
+    def train(task, runs, output_dir):
+        calls.extend(run["dataset"] for run in runs)
 
-    assert run_stage(plan, "data_prep", prepare, statuses) == ["good"]
-    assert run_stage(plan, "method", train, statuses) == ["good"]
+    start = in_this_kernel({"data_prep": prepare, "method": train}, out)
+    statuses = run_plan(plan, out, start, stages=["data_prep", "method"])
     assert calls == ["good"]  # the run on the failed data was never started
-    assert statuses["run-bad"] == {"status": "skipped", "reason": "upstream job data-bad failed"}
+    assert statuses["resnet18-bad-1MB"]["reason"] == "upstream job data-bad failed"
+    assert json.loads((tmp_path / "batch" / "resnet18-bad-1MB.json").read_text())[
+        "status"] == "skipped"
+    assert not (tmp_path / "batch.lock").exists()       # the runner's lock is released
     with pytest.raises(StudyFailed) as err:
         finish(statuses)
     message = str(err.value)
     assert "2 of 4 jobs did not complete" in message
     assert "FAILED  data-bad: FileNotFoundError: no mirror delivered bad.tar" in message
-    assert "skipped run-bad: upstream job data-bad failed" in message
+    assert "skipped resnet18-bad-1MB: upstream job data-bad failed" in message
     finish({"data-good": {"status": "complete"}})  # all clear: no error
 
 

@@ -5,10 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import run_batch
 import speedup.textdata as textdata
+from speedup.arms import SettingError, make_arm, sequence_length
+from speedup.tasks import TextTask, pack_rows
 from speedup.textdata import load_text_version, train_tokenizer, version_tokenizer
-from speedup.method import sequence_length, split_to_length
+from speedup.train import RunConfig, run_training, train_loop
 
 
 def _prepared(tmp_path_factory, dataset: str) -> str:
@@ -62,13 +63,14 @@ def test_sequence_length_warms_up_linearly_to_full_length():
     assert all(n % 8 == 0 for n in lengths)
 
 
-def test_split_to_length_keeps_every_token():
-    ids = torch.arange(2 * 128).view(2, 128)
-    for length in (8, 32, 64, 128):
-        rows = split_to_length(ids, length)
-        assert rows.shape == (2 * 128 // length, length)
-        assert torch.equal(rows.flatten(), ids.flatten())
-    assert split_to_length(ids, 48).shape == (4, 48)  # 2 x 2 rows; 32 tokens per row unused
+def test_packing_keeps_every_token_at_every_length():
+    ids = torch.arange(1, 2 * 128 + 1).view(2, 128)
+    for length in (8, 32, 48, 64, 100, 128):
+        rows, attention = pack_rows(ids, length, pad_id=0)
+        assert rows.shape == (-(-2 * 128 // length), length)
+        assert torch.equal(rows[attention == 1], ids.flatten())   # every token, in order
+        assert (rows[attention == 0] == 0).all()                  # only the last row padded
+        assert (attention[:-1] == 1).all()
 
 
 # ---------------------------------------------------------------- training the text pair
@@ -77,11 +79,8 @@ import math  # noqa: E402
 
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score  # noqa: E402
 
-from speedup.models import build_text_model  # noqa: E402
-from speedup.method import (
-    arm_of, evaluate_text, fit_text, lm_metrics, mask_tokens, pad_rows, prepare_text_task,
-    rarity_scores, run_training, text_forward, token_stats,
-)
+from speedup.metrics import lm_metrics, token_stats  # noqa: E402
+from speedup.tasks import pad_rows  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -89,15 +88,21 @@ def books(tmp_path_factory):
     return _prepared(tmp_path_factory, "bookcorpus")
 
 
+def _config(root, dataset, arch, length=32, **settings):
+    return RunConfig.from_flat({"task": "nlp", "dataset": dataset, "version": "60KB",
+                                "arch": arch, "seq_length": length, "vocab_size": 300,
+                                "output_dir": root, **settings})
+
+
 def _task(root, dataset, arch, length=32):
-    return prepare_text_task(root, dataset, "60KB", arch, length, 300, False, 0.15)
+    return TextTask(_config(root, dataset, arch, length), torch.device("cpu"))
 
 
 def test_masking_follows_bert_80_10_10_and_spares_special_tokens(books):
     task = _task(books, "bookcorpus", "bert")
     rows = torch.randint(5, task.vocab_size, (400, 64))
     rows[:, 0] = 2  # [CLS], a special token: never masked
-    inputs, labels = mask_tokens(task, rows, torch.Generator().manual_seed(0))
+    inputs, labels = task.mask(rows, torch.Generator().manual_seed(0))
     picked = labels != -100
     assert not picked[:, 0].any()
     assert torch.equal(labels[picked], rows[picked])
@@ -130,11 +135,11 @@ def test_perplexity_matches_a_hand_computation():
 def test_text_classification_metrics_match_scikit_learn(yahoo):
     torch.manual_seed(0)
     task = _task(yahoo, "yahoo_answers", "gpt1")
-    net = build_text_model("gpt1", "classify", "micro", task.vocab_size, 10, task.pad_id)
-    metrics = evaluate_text(net, task, "val", torch.device("cpu"))
-    rows, attention = pad_rows(task.ids["val"], task.full_length, task.pad_id)
+    net = task.make_model()
+    metrics = task.evaluate(net, "val")
+    rows, attention = pad_rows(task.ids["val"], task.full_size, task.pad_id)
     with torch.no_grad():
-        pred = text_forward(net.eval(), task, rows, attention, None)[0].argmax(-1).numpy()
+        pred = task.forward(net.eval(), rows, attention, None)[0].argmax(-1).numpy()
     y = task.labels["val"].numpy()
     assert metrics["accuracy"] == pytest.approx(accuracy_score(y, pred))
     for name, fn in (("precision", precision_score), ("recall", recall_score),
@@ -147,41 +152,39 @@ def test_padding_does_not_change_a_classifiers_output(yahoo, arch):
     """BERT reads [CLS] under an attention mask; GPT-1 reads the last real token."""
     torch.manual_seed(0)
     task = _task(yahoo, "yahoo_answers", arch)
-    net = build_text_model(arch, "classify", "micro", task.vocab_size, 10, task.pad_id).eval()
+    net = task.make_model().eval()
     short = task.ids["val"][0][:10]
     rows, attention = pad_rows([short, task.ids["val"][1]], 32, task.pad_id)
     assert (attention[0] == 0).any()
     with torch.no_grad():
-        alone = text_forward(net, task, *pad_rows([short], 32, task.pad_id), None)[0][0]
-        padded = text_forward(net, task, rows, attention, None)[0][0]
+        alone = task.forward(net, *pad_rows([short], 32, task.pad_id), None)[0][0]
+        padded = task.forward(net, rows, attention, None)[0][0]
     assert torch.allclose(alone, padded, atol=1e-5)
 
 
 def test_word_rarity_ranks_rare_words_as_harder(books):
     task = _task(books, "bookcorpus", "gpt1")
-    scores = rarity_scores(task)
-    assert len(scores) == len(task) and np.all(scores > 0)
+    scores = task.difficulty_scores()
+    assert len(scores) == task.n_train and np.all(scores > 0)
     common = torch.bincount(task.ids["train"].flatten()).argmax()
     task.ids["train"][0] = common      # the commonest token only: easiest
     task.ids["train"][1] = 7           # one token, repeated: much rarer
-    scores = rarity_scores(task)
+    scores = task.difficulty_scores()
     assert scores.argmin() == 0 and scores[1] > np.median(scores)
 
 
 @pytest.mark.parametrize("dataset,arch", [("yahoo_answers", "bert"), ("bookcorpus", "gpt1"),
                                           ("bookcorpus", "bert")])
-def test_fit_text_learns_and_warms_up_the_sequence_length(yahoo, books, dataset, arch):
+def test_a_text_task_learns_and_warms_up_the_sequence_length(yahoo, books, dataset, arch):
     torch.set_num_threads(1)
     root = yahoo if dataset == "yahoo_answers" else books
-    task = _task(root, dataset, arch)
+    config = _config(root, dataset, arch, arm="progressive", ramp_fraction=0.5,
+                     start_length=8, length_step=8, epochs=6, batch_size=16,
+                     optimizer="adamw", lr=3e-3, weight_decay=0.01)
+    task = TextTask(config, torch.device("cpu"))
     torch.manual_seed(0)
-    net = build_text_model(arch, task.objective, "micro", task.vocab_size,
-                           max(len(task.classes), 2), task.pad_id)
-    settings = {k: v for k, v in run_batch.chapter_defaults()["method"].items()}
-    cur = arm_of({**settings, "task": "nlp", "curriculum": "progressive", "ramp_fraction": 0.5,
-                  "start_length": 8, "length_step": 8}, 32)
-    hist = fit_text(net, task, cur, epochs=6, batch_size=16, optimizer="adamw", lr=3e-3,
-                    momentum=0.9, weight_decay=0.01, seed=0, device=torch.device("cpu"))
+    net = task.make_model()
+    hist = train_loop(net, task, config.arm, config)
     assert hist[0]["mean_input_size"] < 32 == hist[-1]["mean_input_size"]
     assert hist[-1]["train_loss"] < hist[0]["train_loss"]
     assert all(h["throughput"] > 0 for h in hist)
@@ -193,17 +196,19 @@ def test_fit_text_learns_and_warms_up_the_sequence_length(yahoo, books, dataset,
 
 
 def _nlp_params(root, **changes):
-    """The method chapter's own defaults, with a tiny text run's settings."""
-    params = {k: v for k, v in run_batch.chapter_defaults()["method"].items()
-              if k != "variants"}
-    return {**params, "task": "nlp", "dataset": "bookcorpus", "version": "60KB",
+    """A tiny text run's flat settings (the rest at their defaults)."""
+    return {"task": "nlp", "dataset": "bookcorpus", "version": "60KB",
             "arch": "gpt1", "seq_length": 32, "vocab_size": 300, "optimizer": "adamw",
             "epochs": 2, "batch_size": 16, "lr": 3e-3, "weight_decay": 0.01, "num_threads": 1,
             "checkpoint_every_s": 0.0, "output_dir": root, **changes}
 
 
+def _train(root, **changes):
+    return run_training(RunConfig.from_flat(_nlp_params(root, **changes)))
+
+
 def test_run_training_saves_a_text_run_and_resumes(books, capsys):
-    result = run_training(**_nlp_params(books, curriculum="difficulty"))
+    result = _train(books, arm="difficulty")
     assert result["primary_metric"] == "perplexity" and not result["higher_is_better"]
     assert result["best_val"] == min(h["val_primary"] for h in result["history"])
     assert result["model"] == "GPT-1 (scaled-down: micro preset)"
@@ -211,14 +216,14 @@ def test_run_training_saves_a_text_run_and_resumes(books, capsys):
     assert result["scoring_time_s"] > 0 and result["data_source"] == "sample"
     assert set(result["test"]) >= {"loss", "perplexity", "token_accuracy"}
     capsys.readouterr()
-    assert run_training(**_nlp_params(books, curriculum="difficulty")) == result
+    assert _train(books, arm="difficulty") == result
     assert "already complete" in capsys.readouterr().out
     # the same settings on a rebuilt version of other content: trained anew, not reused
     manifest = Path(books, "data", "bookcorpus", "60KB", "manifest.json")
     original = manifest.read_text()
     try:
         manifest.write_text(original.replace('"seed": 0', '"seed": 0, "rebuilt": 1', 1))
-        again = run_training(**_nlp_params(books, curriculum="difficulty"))
+        again = _train(books, arm="difficulty")
         assert "training anew" in capsys.readouterr().out
         assert again["data_fingerprint"] != result["data_fingerprint"] is not None
     finally:
@@ -227,12 +232,13 @@ def test_run_training_saves_a_text_run_and_resumes(books, capsys):
 
 @pytest.mark.parametrize("changes,message", [
     ({"seq_length": 128}, "'seq_length' = 128: preset 'micro' has 64 positions"),
-    ({"arch": "resnet18"}, "'arch' = 'resnet18': task 'nlp' trains"),
-    ({"start_length": 64, "seq_length": 32}, "'start_length' = 64"),
+    ({"arch": "resnet18"}, "'arch' = 'resnet18': must be one of"),
+    ({"start_scale": 0.5, "arm": "progressive"}, "'start_scale' = 0.5: not a setting"),
+    ({"width": 8}, "'width' = 8: not a setting"),
     ({"optimizer": "adam"}, "'optimizer' = 'adam'"),
     ({"preset": "huge"}, "'preset' = 'huge'"),
 ])
-def test_bad_text_parameters_are_named_before_any_work(tmp_path, changes, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
-        run_training(**_nlp_params(str(tmp_path / "none"), **changes))
+def test_bad_text_settings_are_named_before_any_work(tmp_path, changes, message):
+    with pytest.raises(SettingError, match=message.replace("(", r"\(")):
+        _train(str(tmp_path / "none"), **changes)
     assert not (tmp_path / "none").exists()

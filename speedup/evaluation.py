@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from speedup.data import decode_square, read_manifest, version_dir, version_names
+from speedup.data import read_manifest, read_version_image, version_dir, version_names
 from speedup.files import lacks, read_json_checked, set_aside
 from speedup.method import (ARMS, EXAMPLES_SUFFIX, arm_of, Baseline, rank_correlation,
     ranks_examples, read_result)
@@ -1202,7 +1202,7 @@ def slide_datasets(output_dir: str, versions: dict[str, str], task: str) -> plt.
             item = next((it for it in train if c in it["labels"] and it["file"] not in shown),
                         train[0])
             shown.add(item["file"])
-            ax.imshow(decode_square(folder / item["file"], manifest["short_side"]))
+            ax.imshow(read_version_image(folder, item, manifest["short_side"]))
             # the class it was picked for; VOC's other labels as a count: "dog +2"
             more = f" +{len(item['labels']) - 1}" if len(item["labels"]) > 1 else ""
             ax.set_title(classes[c][:15 - len(more)] + more, fontsize=MIN_SLIDE_POINTS)

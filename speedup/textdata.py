@@ -16,7 +16,8 @@ import numpy as np
 from speedup.data import (_MARKER, _is_url, _read_marker, built_version, extract_archive,
     local_file_record, NestedOrder, read_manifest, read_stored_file, SourceInfo, version_dir,
     version_manifest, VersionSettings, write_version)
-from speedup.files import ArchiveError, as_mirror, DownloadError, fetch_file, pinned, write_json
+from speedup.files import (ArchiveError, as_mirror, atomic_write, DownloadError, fetch_file,
+    pinned, set_aside, write_json)
 from speedup.registry import (HF_ENDPOINT, SPLITS, TEXT_MB_DEFINITION, YAHOO_CLASSES,
     check_budgets, dataset_spec)
 from speedup.samples import (SAMPLE_FORMAT, make_sample_bookcorpus, make_sample_yahoo_answers,
@@ -26,8 +27,8 @@ __all__ = [
     'yahoo_text', 'YAHOO_COLUMNS', 'read_yahoo_answers', 'TextLines', 'read_bookcorpus',
     'parquet_to_text', 'ARCHIVE_SUFFIXES', 'hub_parquet_files', 'fetch_text_source',
     'build_text_versions', 'build_stream_versions', 'TextSplit', 'TextVersionData',
-    'load_text_version', 'prepare_text_dataset', 'PRETRAINED_TOKENIZERS', 'train_tokenizer',
-    'version_tokenizer',
+    'load_text_version', 'prepare_text_dataset', 'PRETRAINED_TOKENIZERS', 'SPECIAL_TOKENS',
+    'train_tokenizer', 'version_tokenizer',
 ]
 
 
@@ -539,15 +540,28 @@ def prepare_text_dataset(dataset, source, sizes, split_fractions, seed, output_d
 
 # ---- chapters/01_data_prep.ipynb, cell 01-064
 PRETRAINED_TOKENIZERS = {"bert": "bert-base-uncased", "gpt1": "openai-gpt"}
+SPECIAL_TOKENS = {   # as the pretrained tokenizers name them; in the order of their ids
+    "bert": {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]",
+             "sep_token": "[SEP]", "mask_token": "[MASK]"},
+    "gpt1": {"pad_token": "<pad>", "unk_token": "<unk>"},
+}
+
+
+def _as_transformers(tok, arch):
+    """A `tokenizers.Tokenizer` as the `transformers` tokenizer of `arch`."""
+    from transformers import PreTrainedTokenizerFast
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS[arch])
 
 
 def train_tokenizer(texts, arch, vocab_size=8000):
     """A WordPiece (``bert``) or BPE (``gpt1``) tokenizer trained on ``texts``."""
     from tokenizers import (Tokenizer, decoders, models, normalizers, pre_tokenizers,
                             processors, trainers)
-    from transformers import PreTrainedTokenizerFast
+    if arch not in SPECIAL_TOKENS:
+        raise ValueError(f"unknown arch {arch!r} for a tokenizer; known: "
+                         f"{sorted(PRETRAINED_TOKENIZERS)}")
+    special = list(SPECIAL_TOKENS[arch].values())
     if arch == "bert":
-        special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
         tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
         tok.normalizer = normalizers.BertNormalizer(lowercase=True)
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -557,38 +571,36 @@ def train_tokenizer(texts, arch, vocab_size=8000):
             single="[CLS] $A [SEP]", special_tokens=[(t, tok.token_to_id(t))
                                                      for t in ("[CLS]", "[SEP]")])
         tok.decoder = decoders.WordPiece()
-        return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]",
-                                       pad_token="[PAD]", cls_token="[CLS]",
-                                       sep_token="[SEP]", mask_token="[MASK]")
-    if arch == "gpt1":
+    else:
         tok = Tokenizer(models.BPE(unk_token="<unk>", end_of_word_suffix="</w>"))
         tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
         tok.pre_tokenizer = pre_tokenizers.Whitespace()
         tok.train_from_iterator(texts, trainers.BpeTrainer(
-            vocab_size=vocab_size, special_tokens=["<pad>", "<unk>"],
-            end_of_word_suffix="</w>"))
+            vocab_size=vocab_size, special_tokens=special, end_of_word_suffix="</w>"))
         tok.decoder = decoders.BPEDecoder(suffix="</w>")
-        return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>",
-                                       pad_token="<pad>")
-    raise ValueError(f"unknown arch {arch!r} for a tokenizer; known: "
-                     f"{sorted(PRETRAINED_TOKENIZERS)}")
+    return _as_transformers(tok, arch)
 
 
 def version_tokenizer(output_dir, dataset, version, arch, vocab_size=8000,
                       pretrained=True):
-    """The tokenizer for one text version: pretrained if it loads, else trained and cached."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    """The tokenizer for one text version: pretrained if it loads, else trained and cached
+    beside the version, as one file (`tokenizer-<arch>-<vocab_size>.json`)."""
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
     if pretrained:
         try:
             return AutoTokenizer.from_pretrained(PRETRAINED_TOKENIZERS[arch])
         except (OSError, ValueError) as exc:  # offline, or no access to the hub
             print(f"pretrained {PRETRAINED_TOKENIZERS[arch]} unavailable ({type(exc).__name__}); "
                   "training one on the training split")
-    folder = version_dir(output_dir, dataset, version)
-    cached = folder / f"tokenizer-{arch}-{vocab_size}"
+    cached = version_dir(output_dir, dataset, version) / f"tokenizer-{arch}-{vocab_size}.json"
     if cached.exists():
-        return PreTrainedTokenizerFast.from_pretrained(str(cached))
+        try:
+            return _as_transformers(Tokenizer.from_file(str(cached)), arch)
+        except Exception as exc:   # tokenizers raises a bare Exception for a bad file
+            set_aside(cached, f"not a tokenizer: {exc}")
     texts = load_text_version(output_dir, dataset, version).train.texts
     tokenizer = train_tokenizer(texts, arch, vocab_size)
-    tokenizer.save_pretrained(str(cached))
+    saved = tokenizer.backend_tokenizer.to_str()
+    atomic_write(cached, lambda partial: Path(partial).write_text(saved), len(saved))
     return tokenizer

@@ -27,7 +27,7 @@ from speedup.data import (
     read_caltech256, read_stored_file, read_version_image, read_version_manifest, read_voc2012,
     read_voc_annotation,
 )
-from speedup.textdata import load_text_version, read_yahoo_answers
+from speedup.textdata import load_text_version, read_yahoo_answers, version_tokenizer
 from speedup.prepare import prepare_dataset
 
 N_CLASSES = 6
@@ -196,7 +196,8 @@ def _files_on_disk(folder):
 
 def test_a_version_of_any_size_is_a_handful_of_files(built, tmp_path):
     """Google Drive's mount times out on folders of thousands of files: a version is one
-    images.bin and its manifest; a text version its three splits and the manifest."""
+    images.bin and its manifest; a text version its three splits, the manifest and one
+    file per cached tokenizer."""
     out, manifests = built
     for name in ("caltech256", "voc2012"):
         for version in manifests[name]:
@@ -205,8 +206,12 @@ def test_a_version_of_any_size_is_a_handful_of_files(built, tmp_path):
         assert len(manifests[name]["l"]["items"]) > 200        # images, not files
     prepare_dataset("yahoo_answers", "sample", {"s": 40_000}, {}, 85, FRACTIONS, False, 0,
                     tmp_path / "out", tmp_path / "cache", show=False)
+    for arch in ("bert", "gpt1"):
+        version_tokenizer(tmp_path / "out", "yahoo_answers", "s", arch, 300, pretrained=False)
     on_disk = _files_on_disk(tmp_path / "out/data/yahoo_answers/s")
-    assert on_disk == ["manifest.json", "test.jsonl", "train.jsonl", "val.jsonl"]
+    assert on_disk == ["manifest.json", "test.jsonl", "tokenizer-bert-300.json",
+                       "tokenizer-gpt1-300.json", "train.jsonl", "val.jsonl"]
+    assert len(on_disk) <= 16
 
 
 def test_a_damaged_shard_is_set_aside_and_its_version_built_again(tmp_path, capsys):

@@ -17,8 +17,9 @@ import numpy as np
 from PIL import Image
 import torch
 
-from speedup.files import (_describe, _file_record, ArchiveError, as_mirror, fetch_file,
-    file_digests, lacks, pinned, read_json_checked, safe_extract, verified_by, write_json)
+from speedup.files import (_describe, _file_record, ArchiveError, as_mirror, atomic_write,
+    fetch_file, file_digests, lacks, pinned, read_json_checked, safe_extract, set_aside,
+    verified_by, write_json)
 from speedup.registry import DATASETS, MB_DEFINITION, SPLITS, VOC_CLASSES, dataset_spec
 from speedup.samples import SAMPLE_FORMAT, make_sample_caltech256, make_sample_voc2012
 
@@ -26,11 +27,14 @@ __all__ = [
     'registry_pins', 'local_file_record', 'extract_archive', 'fetch_dataset', 'parallel_map',
     'IMAGE_FORMATS', 'image_problem', 'is_image', 'read_caltech256', 'read_voc_annotation',
     'targets_from_annotation', 'read_voc2012', 'iterative_splits', 'nested_order',
-    'encode_image', 'MANIFEST_FORMAT', 'records_fingerprint', 'tv_distance',
-    'read_version_manifest', 'build_size_versions', 'Split', 'VersionData', 'decode_square',
-    'version_dir', 'version_names', 'UnknownVersionError', 'read_manifest',
-    'version_fingerprint', 'load_version', 'plot_class_examples', 'source_files_note',
-    'version_table',
+    'encode_image', 'MANIFEST_FORMAT', 'TEXT_MANIFEST_FORMAT', 'MANIFEST_FORMATS',
+    'IMAGE_SHARD', 'IMAGE_BYTES_COUNTED', 'records_fingerprint', 'tv_distance',
+    'VersionSettings', 'SourceInfo', 'NestedOrder', 'stored_files_problem',
+    'read_version_manifest', 'built_version', 'version_manifest', 'write_version',
+    'build_size_versions', 'Split', 'VersionData', 'decode_square', 'version_dir',
+    'version_names', 'UnknownVersionError', 'DamagedVersionError', 'read_manifest',
+    'version_fingerprint', 'read_stored_file', 'read_version_image', 'load_version',
+    'plot_class_examples', 'source_files_note', 'version_table',
 ]
 
 
@@ -400,15 +404,22 @@ def _encode_job(job):
 
 
 # ---- chapters/01_data_prep.ipynb, cell 01-034
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2        # image versions; format 1 was a folder of JPEG files
+TEXT_MANIFEST_FORMAT = 1   # text versions: their layout did not change, they are kept
+MANIFEST_FORMATS = {1: "a folder of JPEG files", 2: "the JPEG files back to back in images.bin"}
+IMAGE_SHARD = "images.bin"     # an image version's JPEG files, back to back
+IMAGE_BYTES_COUNTED = (
+    "the re-encoded JPEG files' own bytes (the sum of the items' `bytes`); images.bin holds "
+    "them back to back with nothing in between, so its size is exactly this sum; the "
+    "manifest is not counted")
 
 
-def _label_sets(records, multi_label):
-    """Positive and difficult class indices of every record."""
+def _label_sets(labels, multi_label):
+    """Positive and difficult class indices of every item."""
     if not multi_label:
-        return [(int(label),) for _, label in records], [()] * len(records)
-    positives = [tuple(c for c, t in enumerate(ts) if t == 1) for _, ts in records]
-    difficult = [tuple(c for c, t in enumerate(ts) if t == 0) for _, ts in records]
+        return [(int(label),) for label in labels], [()] * len(labels)
+    positives = [tuple(c for c, t in enumerate(ts) if t == 1) for ts in labels]
+    difficult = [tuple(c for c, t in enumerate(ts) if t == 0) for ts in labels]
     return positives, difficult
 
 
@@ -427,7 +438,7 @@ def records_fingerprint(records):
 
 
 def _file_names(records):
-    """Output file names: the source's stem, unless two sources share it."""
+    """The items' file names: the source's stem, unless two sources share it."""
     stems = [Path(p).stem for p, _ in records]
     if len(set(stems)) == len(stems):
         return [f"{s}.jpg" for s in stems]
@@ -440,14 +451,154 @@ def tv_distance(p, q):
     return float(0.5 * np.abs(p / p.sum() - q / q.sum()).sum())
 
 
-def _check_settings(sizes, short_sides, split_fractions):
-    missing = sorted(set(sizes) - set(short_sides))
-    if missing:
-        raise ValueError(f"short_sides has no entry for versions {missing}")
-    if len(split_fractions) != len(SPLITS) or min(split_fractions) <= 0 \
-            or abs(sum(split_fractions) - 1) > 1e-6:
-        raise ValueError(f"split_fractions must be 3 positive numbers summing to 1 "
-                         f"(train, val, test), got {split_fractions}")
+# ---- chapters/01_data_prep.ipynb, cell 01-035a
+def _invalid(key, value, want):
+    """The error for a parameter `key` whose `value` is not `want`: both named."""
+    return ValueError(f"{key} = {value!r}: expected {want}")
+
+
+def _is_int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class VersionSettings:
+    """How a dataset is cut into versions: the chapter's parameters of these names.
+
+    Image versions also give each version's shorter side (px) and the JPEG quality of the
+    re-encoded files; text versions leave both None. Every value is checked here, so a bad
+    one fails before any work, with its name and value in the message.
+    """
+    sizes: dict                       # version -> byte budget (1 MB = 10**6 bytes)
+    split_fractions: list             # train, val, test
+    seed: int
+    short_sides: dict | None = None   # images: version -> shorter side (px)
+    jpeg_quality: int | None = None   # images: quality of the re-encoded JPEGs
+
+    def __post_init__(self):
+        if not (isinstance(self.sizes, dict) and self.sizes and all(
+                isinstance(v, str) and _is_int(b) and b > 0 for v, b in self.sizes.items())):
+            raise _invalid("sizes", self.sizes, "{version name: byte budget > 0, ...}")
+        fractions = self.split_fractions
+        if not (isinstance(fractions, (list, tuple)) and len(fractions) == len(SPLITS)
+                and all(isinstance(f, (int, float)) and not isinstance(f, bool) and f > 0
+                        for f in fractions) and abs(sum(fractions) - 1) <= 1e-6):
+            raise _invalid("split_fractions", fractions,
+                           "3 positive numbers summing to 1 (train, val, test)")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise _invalid("seed", self.seed, "an integer >= 0")
+        if self.short_sides is None and self.jpeg_quality is None:
+            return      # text versions
+        sides = self.short_sides
+        if not (isinstance(sides, dict)
+                and all(_is_int(sides.get(v)) and sides[v] > 0 for v in self.sizes)):
+            raise _invalid("short_sides", sides,
+                           f"a shorter side in px (> 0) for each version of {list(self.sizes)}")
+        if not _is_int(self.jpeg_quality) or not 1 <= self.jpeg_quality <= 100:
+            raise _invalid("jpeg_quality", self.jpeg_quality, "an integer from 1 to 100")
+
+    @property
+    def images(self):
+        return self.short_sides is not None
+
+    @property
+    def names(self):
+        """The versions' names, smallest budget first: the order they are built in."""
+        return sorted(self.sizes, key=lambda v: (self.sizes[v], v))
+
+    def of_version(self, version, **fingerprints):
+        """What a manifest records of these settings for `version`, with the `fingerprints`
+        of its source: a later run reuses the version only if they are equal."""
+        recorded = {"format": MANIFEST_FORMAT if self.images else TEXT_MANIFEST_FORMAT,
+                    "kind": "image" if self.images else "text", "version": version,
+                    "budget_bytes": int(self.sizes[version])}
+        if self.images:
+            recorded.update(short_side=int(self.short_sides[version]),
+                            jpeg_quality=int(self.jpeg_quality))
+        return {**recorded, "split_fractions": [float(f) for f in self.split_fractions],
+                "seed": int(self.seed), **fingerprints}
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What is known about where a dataset's items came from; every manifest records it."""
+    name: str | None = None         # the `source` parameter: "sample", "download", a path
+    checksum: str | None = None     # images: the archive's md5 ("sample-vN": the generators)
+    files: list | None = None       # the source files' records: URL, digests, which verified
+    report: dict | None = None      # what the reader counted: skipped files, empty fields
+    known_difficulty: dict | list | None = None   # sample data only: each item's difficulty
+
+    def recorded(self):
+        """The manifest's entries about the source."""
+        return {"source": self.name, **({"source_files": self.files} if self.files else {}),
+                "source_report": dict(self.report or {})}
+
+
+# ---- chapters/01_data_prep.ipynb, cell 01-035c
+def _counts(items, positives, n_classes):
+    counts = {s: np.zeros(n_classes, int) for s in SPLITS}
+    for i, split in items:
+        for c in positives[i]:
+            counts[split][c] += 1
+    return counts
+
+
+@dataclass(frozen=True)
+class NestedOrder:
+    """A dataset's items in `nested_order`'s one seeded order (every prefix stratified),
+    each with its split: every version of the dataset, image or text, is a prefix of it."""
+    dataset: str
+    classes: list
+    positives: list       # the classes of each item
+    difficult: list       # VOC: each item's classes present only as "difficult"
+    multi_label: bool
+    order: list
+    splits: list
+    n_cover: int          # the first n_cover items put every class in every split
+
+    @classmethod
+    def of(cls, dataset, classes, labels, settings, multi_label=False):
+        """`labels`: each item's class index, or (multi-label) VOC's 1 / 0 / -1 per class."""
+        positives, difficult = _label_sets(labels, multi_label)
+        order, splits, n_cover = nested_order(positives, len(classes), settings.split_fractions,
+                                              settings.seed, difficult, iterative=multi_label)
+        return cls(dataset, list(classes), positives, difficult, multi_label, order, splits,
+                   n_cover)
+
+    @property
+    def label(self):
+        """The dataset's name and a space, to start a message ("" when unnamed)."""
+        return f"{self.dataset} " if self.dataset else ""
+
+    def check_budget(self, version, budget, need, encoding=""):
+        """Fail when `budget` bytes cannot hold the coverage block (`need` bytes, encoded as
+        `encoding` says): no prefix within it keeps every class in every split."""
+        if need > budget:
+            lower = " or lower the short side / JPEG quality" if encoding else ""
+            raise ValueError(
+                f"{self.label}version {version!r}: budget {budget:,} bytes cannot hold one "
+                f"item of each of the {len(self.classes)} classes in each of the "
+                f"{len(SPLITS)} splits (needs {need:,} bytes{encoding}); raise the "
+                f"budget{lower}")
+
+    def balance(self, n):
+        """Of the first `n` items: how many in each split, and how close their class
+        proportions come to the whole dataset's (total variation distance, overall and per
+        split), with the class counts."""
+        chosen = self.order[:n]
+        counts = _counts([(i, self.splits[i]) for i in chosen], self.positives,
+                         len(self.classes))
+        whole = np.bincount([c for p in self.positives for c in p],
+                            minlength=len(self.classes))
+        per_split = dict.fromkeys(SPLITS, 0)
+        for i in chosen:
+            per_split[self.splits[i]] += 1
+        return {**per_split, "total": len(chosen)}, {
+            "fraction_of_dataset": round(len(chosen) / len(self.order), 6),
+            "tv_distance": round(tv_distance(sum(counts.values()), whole), 6),
+            "tv_distance_per_split": {s: round(tv_distance(counts[s], whole), 6)
+                                      for s in SPLITS},
+            "counts": {s: dict(zip(self.classes, counts[s].tolist())) for s in SPLITS}}
 
 
 # ---- chapters/01_data_prep.ipynb, cell 01-036
@@ -480,154 +631,187 @@ class _LazyEncoder:
 
 
 # ---- chapters/01_data_prep.ipynb, cell 01-037
-def _settings(name, budget, side, jpeg_quality, split_fractions, seed, records_sha, source_sha):
-    return {"format": MANIFEST_FORMAT, "version": name, "budget_bytes": int(budget),
-            "short_side": int(side), "jpeg_quality": int(jpeg_quality),
-            "split_fractions": [float(f) for f in split_fractions], "seed": int(seed),
-            "records_sha256": records_sha, "source_checksum": source_sha}
-
-
 def _manifest_problem(manifest):
     """Why a parsed manifest cannot be a version's (None: it can)."""
     why = lacks(manifest, ["version", "budget_bytes", "settings", "classes"])
-    if why is None and "items" not in manifest and "files" not in manifest:
+    if why is None and not isinstance(manifest["settings"], dict):
+        why = "its settings are not a JSON object"
+    if why is None and not _other_format(manifest) and not isinstance(manifest.get("files"),
+                                                                     dict):
         why = "lists no files"
     return why
 
 
+def _other_format(manifest):
+    """Why a manifest of another format (an older data chapter's) is not read, or None."""
+    settings = manifest["settings"]
+    text = settings.get("kind") == "text"
+    today, found = TEXT_MANIFEST_FORMAT if text else MANIFEST_FORMAT, settings.get("format")
+    if found == today:
+        return None
+    what = "" if text else f" ({MANIFEST_FORMATS.get(found, 'unknown')})"
+    return (f"built in manifest format {found}{what}, not today's {today}: it reads as not "
+            f"built, and the data chapter builds it again")
+
+
+def stored_files_problem(folder, manifest, *, digests):
+    """Why the files a version's manifest lists do not match it (None: they do): one is
+    missing, or has another size or (with `digests`) another sha256. One that is there but
+    differs is damaged: it is set aside with a one-line warning, and the version is built
+    again by the next run of the data chapter."""
+    for name, want in manifest["files"].items():
+        path = Path(folder) / name
+        if not path.is_file():
+            return f"{name} is missing"
+        size = path.stat().st_size
+        why = (f"{size:,} bytes, its manifest says {want['bytes']:,}" if size != want["bytes"]
+               else "its sha256 differs from its manifest's" if digests
+               and file_digests(path, ["sha256"])["sha256"] != want["sha256"] else None)
+        if why:
+            set_aside(path, why)
+            return f"{name} was damaged ({why})"
+    return None
+
+
+def _read_version(folder):
+    """`(manifest, None)` for a readable version in `folder`, else `(None, why not)`."""
+    manifest = read_json_checked(Path(folder) / "manifest.json", _manifest_problem)
+    if manifest is None:
+        return None, "no readable manifest.json"
+    why = _other_format(manifest)
+    if why:
+        print(f"note: version {folder} was {why}")
+    why = why or stored_files_problem(folder, manifest, digests=False)
+    return (None, why) if why else (manifest, None)
+
+
 def read_version_manifest(folder):
-    """`folder/manifest.json`, validated: None if missing or damaged (then set aside, so
-    the version is built again)."""
-    return read_json_checked(Path(folder) / "manifest.json", _manifest_problem)
+    """`folder/manifest.json` if it describes a version that can be read, else None: it is
+    missing or damaged (then set aside, so the version is built again), of another format
+    (an older data chapter's), or a file it lists is missing or has another size."""
+    return _read_version(folder)[0]
 
 
-def _existing(folder, settings):
-    """The manifest in `folder` if it was built with `settings` and its files exist.
-
-    Image manifests list their files under `items`, text manifests under `files`."""
+def built_version(folder, settings, *, ignore=()):
+    """The manifest of the version in `folder` if it was built with `settings` (but for
+    the keys in `ignore`) and its files match their sha256s, else None: then it is built
+    again (a damaged file is set aside, with a one-line warning)."""
     manifest = read_version_manifest(folder)
     if manifest is None:
         return None
-    if manifest.get("settings") != settings or not _files_present(folder, manifest):
+    have = {k: v for k, v in manifest["settings"].items() if k not in ignore}
+    if have != {k: v for k, v in settings.items() if k not in ignore}:
         return None
+    return None if stored_files_problem(folder, manifest, digests=True) else manifest
+
+
+def version_manifest(dataset, settings, source, head, body):
+    """A version's manifest: which version of what, `head` (what is stored and how its
+    bytes are counted), the seed and splits, where the data came from, `body` (classes,
+    balance, items) and the settings in full, by which a later run decides to reuse it."""
+    return {"dataset": dataset, "kind": settings["kind"], "version": settings["version"],
+            "budget_bytes": settings["budget_bytes"], **head, "seed": settings["seed"],
+            "split_fractions": settings["split_fractions"], **source.recorded(), **body,
+            "settings": settings}
+
+
+def write_version(folder, manifest, files):
+    """Write a version: `files` ({name: bytes}) and `manifest`, which lists each of them
+    with its size and sha256 (under `files`), into `<folder>.partial`, renamed into place
+    when complete, so a reader never sees half a version. Returns the manifest."""
+    manifest["files"] = {name: {"bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
+                         for name, blob in files.items()}
+
+    def write(partial):
+        partial.mkdir()
+        for name, blob in files.items():
+            (partial / name).write_bytes(blob)
+        (partial / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+
+    atomic_write(folder, write, lambda: sum(len(b) for b in files.values()))
     return manifest
-
-
-def _files_present(folder, manifest):
-    files = ([item["file"] for item in manifest["items"]] if "items" in manifest
-             else list(manifest.get("files", {})))
-    return all((Path(folder) / f).exists() for f in files)
-
-
-def _counts(items, positives, n_classes):
-    counts = {s: np.zeros(n_classes, int) for s in SPLITS}
-    for i, split in items:
-        for c in positives[i]:
-            counts[split][c] += 1
-    return counts
 
 
 # ---- chapters/01_data_prep.ipynb, cell 01-038
-def build_size_versions(records, classes, *, multi_label, sizes, short_sides, jpeg_quality,
-                        split_fractions, seed, out_dir, source_checksum=None, dataset="",
-                        source=None, source_report=None, source_files=None,
-                        known_difficulty=None):
-    """Write `out_dir/<version>/{files/*.jpg, manifest.json}`; returns {version: manifest}.
+def build_size_versions(records, classes, *, multi_label, settings, out_dir, dataset="",
+                        source=None):
+    """Write `out_dir/<version>/{images.bin, manifest.json}` for each version of `settings`
+    (a `VersionSettings` with short sides and JPEG quality); returns {version: manifest}.
 
-    `known_difficulty` (sample data only): {source name: difficulty}, kept on each item.
+    `source` (a `SourceInfo`) is recorded in the manifests; its `known_difficulty` (sample
+    data only: {source name: difficulty}) is kept on each item.
     """
-    _check_settings(sizes, short_sides, split_fractions)
-    label = f"{dataset} " if dataset else ""
+    if not settings.images:
+        raise ValueError("image versions need short_sides and jpeg_quality in their settings")
+    source = source or SourceInfo()
     out_dir = Path(out_dir)
-    positives, difficult = _label_sets(records, multi_label)
-    order, splits, n_cover = nested_order(positives, len(classes), split_fractions, seed,
-                                          difficult, iterative=multi_label)
-    records_sha = records_fingerprint(records)
-    versions = sorted(sizes, key=lambda v: (sizes[v], v))
-    settings = {v: _settings(v, sizes[v], short_sides[v], jpeg_quality, split_fractions, seed,
-                             records_sha, source_checksum) for v in versions}
-    manifests = {v: m for v in versions if (m := _existing(out_dir / v, settings[v]))}
-    pending = [v for v in versions if v not in manifests]
-    encoder = _LazyEncoder([p for p, _ in records], order, jpeg_quality)
-    for v in pending:   # cheap check first: can the budget hold every class in every split?
-        need = sum(len(b) for b in encoder.encoded(short_sides[v], n_cover)[:n_cover])
-        if need > sizes[v]:
-            raise ValueError(
-                f"{label}version {v!r}: budget {sizes[v]:,} bytes cannot hold one image of "
-                f"each of the {len(classes)} classes in each of the {len(SPLITS)} splits "
-                f"(needs {need:,} bytes at {short_sides[v]} px, quality {jpeg_quality}); "
-                f"raise the budget or lower the short side / JPEG quality")
-    lengths = {v: len(manifests[v]["items"]) if v in manifests
-               else encoder.fit(short_sides[v], sizes[v]) for v in versions}
-    for smaller, larger in zip(versions, versions[1:]):
+    cut = NestedOrder.of(dataset, classes, [label for _, label in records], settings,
+                         multi_label)
+    fingerprints = {"records_sha256": records_fingerprint(records),
+                    "source_checksum": source.checksum}
+    wanted = {v: settings.of_version(v, **fingerprints) for v in settings.names}
+    manifests = {v: m for v in settings.names if (m := built_version(out_dir / v, wanted[v]))}
+    encoder = _LazyEncoder([p for p, _ in records], cut.order, settings.jpeg_quality)
+    lengths = _prefix_lengths(cut, encoder, settings, manifests)
+    for v in settings.names:
+        if v not in manifests:
+            blobs = encoder.encoded(settings.short_sides[v], lengths[v])[:lengths[v]]
+            manifests[v] = _write_image_version(out_dir / v, wanted[v], cut, records, blobs,
+                                                source)
+    return {v: manifests[v] for v in settings.names}
+
+
+def _prefix_lengths(cut, encoder, settings, built):
+    """How many items of `cut`'s order each version holds: the longest prefix whose files
+    fit its budget (as `built` says for a version built before). Fails early, before the
+    expensive encoding, when a budget cannot hold the coverage block, or when the versions
+    would not be nested."""
+    sides, sizes, name = settings.short_sides, settings.sizes, cut.label
+    for v in settings.names:   # cheap check first: can the budget hold every class and split?
+        if v not in built:
+            need = sum(len(b) for b in encoder.encoded(sides[v], cut.n_cover)[:cut.n_cover])
+            cut.check_budget(v, sizes[v], need,
+                             f" at {sides[v]} px, JPEG quality {settings.jpeg_quality}")
+    lengths = {v: len(built[v]["items"]) if v in built else encoder.fit(sides[v], sizes[v])
+               for v in settings.names}
+    for smaller, larger in zip(settings.names, settings.names[1:]):
         if lengths[larger] < lengths[smaller]:
             raise ValueError(
-                f"{label}version {larger!r} ({sizes[larger]:,} B at {short_sides[larger]} px) "
-                f"holds fewer images ({lengths[larger]}) than {smaller!r} ({lengths[smaller]}),"
-                f" so the versions would not be nested; use a smaller short side for it")
-    for v in versions:
-        if lengths[v] == len(records):   # e.g. a 100 MB budget on the small sample data
-            print(f"note: {label}version {v!r} holds the whole dataset ({len(records):,} images)"
-                  f" and stays below its budget of {sizes[v]:,} bytes")
-    names = _file_names(records)
-    full = _counts([(i, splits[i]) for i in range(len(records))], positives, len(classes))
-    full_total = sum(full.values())
-    for v in pending:
-        blobs = encoder.encoded(short_sides[v], lengths[v])[:lengths[v]]
-        manifests[v] = _write_version(
-            out_dir / v, settings[v], order[:lengths[v]], blobs, splits=splits, names=names,
-            records=records, positives=positives, difficult=difficult, classes=classes,
-            multi_label=multi_label, full_total=full_total, dataset=dataset,
-            source=source, source_report=source_report, source_files=source_files,
-            known_difficulty=known_difficulty)
-    return {v: manifests[v] for v in versions}
+                f"{name}version {larger!r} ({sizes[larger]:,} B at {sides[larger]} px) holds "
+                f"fewer images ({lengths[larger]}) than {smaller!r} ({lengths[smaller]}), so "
+                f"the versions would not be nested; use a smaller short side for it")
+    for v, n in lengths.items():
+        if n == len(cut.order):   # e.g. a 100 MB budget on the small sample data
+            print(f"note: {name}version {v!r} holds the whole dataset ({n:,} images) and "
+                  f"stays below its budget of {sizes[v]:,} bytes")
+    return lengths
 
 
 # ---- chapters/01_data_prep.ipynb, cell 01-040
-def _write_version(folder, settings, chosen, blobs, *, splits, names, records, positives,
-                   difficult, classes, multi_label, full_total, dataset, source=None,
-                   source_report=None, source_files=None, known_difficulty=None):
-    partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    (partial / "files").mkdir(parents=True)
-    items = []
-    for i, blob in zip(chosen, blobs):
-        (partial / "files" / names[i]).write_bytes(blob)
-        item = {"file": f"files/{names[i]}", "source": _source_name(records[i][0]),
-                "split": splits[i], "labels": list(positives[i])}
-        if multi_label:
-            item["difficult"] = list(difficult[i])
-        if known_difficulty is not None:
-            item["difficulty"] = known_difficulty[item["source"]]
-        item.update(bytes=len(blob), sha256=hashlib.sha256(blob).hexdigest())
+def _write_image_version(folder, settings, cut, records, blobs, source):
+    """Write the first `len(blobs)` items of `cut` (their re-encoded JPEG files `blobs`)
+    as one image version: `images.bin` and its manifest. Returns the manifest."""
+    names, items, offset = _file_names(records), [], 0
+    for i, blob in zip(cut.order, blobs):
+        item = {"file": names[i], "source": _source_name(records[i][0]),
+                "split": cut.splits[i], "labels": list(cut.positives[i])}
+        if cut.multi_label:
+            item["difficult"] = list(cut.difficult[i])
+        if source.known_difficulty is not None:
+            item["difficulty"] = source.known_difficulty[item["source"]]
+        item.update(offset=offset, bytes=len(blob), sha256=hashlib.sha256(blob).hexdigest())
+        offset += len(blob)
         items.append(item)
-    counts = _counts([(i, splits[i]) for i in chosen], positives, len(classes))
-    total = sum(counts.values())
-    manifest = {
-        "dataset": dataset, "version": settings["version"],
-        "budget_bytes": settings["budget_bytes"], "bytes": sum(len(b) for b in blobs),
-        "mb_definition": MB_DEFINITION, "short_side": settings["short_side"],
-        "jpeg_quality": settings["jpeg_quality"], "seed": settings["seed"],
-        "split_fractions": settings["split_fractions"], "classes": list(classes),
-        "multi_label": multi_label, "source": source,
-        # the archive's digests, and which were verified (absent for the sample data)
-        **({"source_files": source_files} if source_files else {}),
-        "source_checksum": settings["source_checksum"],
-        "records_sha256": settings["records_sha256"],
-        "source_report": dict(source_report or {}),
-        "n_images": {**{s: sum(it["split"] == s for it in items) for s in SPLITS},
-                     "total": len(items)},
-        "fraction_of_dataset": round(len(items) / len(records), 6),
-        "tv_distance": round(tv_distance(total, full_total), 6),
-        "tv_distance_per_split": {s: round(tv_distance(counts[s], full_total), 6)
-                                  for s in SPLITS},
-        "counts": {s: dict(zip(classes, counts[s].tolist())) for s in SPLITS},
-        "settings": settings, "items": items,
-    }
-    (partial / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    shutil.rmtree(folder, ignore_errors=True)
-    partial.replace(folder)
-    return manifest
+    n_images, balance = cut.balance(len(blobs))
+    head = {"bytes": offset, "mb_definition": MB_DEFINITION,
+            "bytes_counted": IMAGE_BYTES_COUNTED, "short_side": settings["short_side"],
+            "jpeg_quality": settings["jpeg_quality"]}
+    body = {"classes": list(cut.classes), "multi_label": cut.multi_label,
+            "source_checksum": settings["source_checksum"],
+            "records_sha256": settings["records_sha256"], "n_images": n_images, **balance,
+            "items": items}
+    return write_version(folder, version_manifest(cut.dataset, settings, source, head, body),
+                         {IMAGE_SHARD: b"".join(blobs)})
 
 
 # ---- chapters/01_data_prep.ipynb, cell 01-043
@@ -636,7 +820,7 @@ class Split:
     images: torch.Tensor          # uint8 [N, 3, S, S]
     targets: torch.Tensor         # int64 [N] or float32 [N, C] of 0/1
     mask: torch.Tensor | None     # bool [N, C] (multi-label), None otherwise
-    files: list
+    files: list                   # the items' file names (their `file` in the manifest)
     difficulty: np.ndarray | None = None   # the sample generator's known difficulty, 0-1
 
     def __len__(self):
@@ -656,9 +840,11 @@ class VersionData:
     test: Split
 
 
-def decode_square(path, size):
-    """HWC uint8 array of the centre `size` x `size` crop of an image."""
-    with Image.open(path) as image:
+def decode_square(image, size):
+    """HWC uint8 array of the centre `size` x `size` crop of an image: a path, or the
+    image file's bytes."""
+    source = io.BytesIO(image) if isinstance(image, (bytes, bytearray, memoryview)) else image
+    with Image.open(source) as image:
         image = image.convert("RGB")
         w, h = image.size
         if min(w, h) != size:
@@ -691,14 +877,19 @@ class UnknownVersionError(FileNotFoundError, ValueError):
     """A dataset version that has not been built (both a missing file and a bad name)."""
 
 
+class DamagedVersionError(UnknownVersionError):
+    """A version whose stored file does not match its manifest: the file was set aside, so
+    the version reads as not built, and the data chapter builds it again."""
+
+
 def read_manifest(output_dir, dataset, version):
     """The manifest of a built version; unknown versions fail listing the built ones."""
-    path = version_dir(output_dir, dataset, version) / "manifest.json"
-    manifest = read_version_manifest(path.parent)   # a damaged one is set aside: not built
+    folder = version_dir(output_dir, dataset, version)
+    manifest, why = _read_version(folder)     # a damaged one is set aside: not built
     if manifest is None:
         known = version_names(output_dir, dataset)
         raise UnknownVersionError(
-            f"unknown version {version!r} of dataset {dataset!r} ({path} not found); built "
+            f"unknown version {version!r} of dataset {dataset!r} ({folder}: {why}); built "
             f"versions: {known}; run the data chapter (01_data_prep, prepare_dataset) for "
             f"dataset={dataset!r} with version {version!r} and output_dir={str(output_dir)!r}")
     return manifest
@@ -711,18 +902,50 @@ def version_fingerprint(output_dir, dataset, version):
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
 
 
+def _damaged(path, why):
+    """Set a version's damaged file aside; the error that says so and what to do."""
+    set_aside(path, why)
+    return DamagedVersionError(
+        f"{path} was damaged ({why}) and is set aside; run the data chapter (01_data_prep, "
+        f"prepare_dataset) again to build version {path.parent.name!r} anew")
+
+
+def read_stored_file(folder, manifest, name):
+    """The bytes of file `name` of a built version, checked against the size and sha256
+    its manifest lists; one that differs is set aside (`DamagedVersionError`)."""
+    blob = (Path(folder) / name).read_bytes()
+    want = manifest["files"][name]
+    if len(blob) != want["bytes"] or hashlib.sha256(blob).hexdigest() != want["sha256"]:
+        raise _damaged(Path(folder) / name, "its size or sha256 differs from its manifest's")
+    return blob
+
+
+def read_version_image(folder, item, size):
+    """One item (a manifest entry) of the image version in `folder`, as `decode_square`
+    returns it: read from `images.bin` at the item's offset, checked by its sha256."""
+    shard = Path(folder) / IMAGE_SHARD
+    with open(shard, "rb") as f:
+        f.seek(item["offset"])
+        blob = f.read(item["bytes"])
+    if hashlib.sha256(blob).hexdigest() != item["sha256"]:
+        raise _damaged(shard, f"item {item['file']} differs from its sha256")
+    return decode_square(blob, size)
+
+
 def load_version(output_dir, dataset, version):
     """Tensors of one version's train / val / test splits."""
     folder = version_dir(output_dir, dataset, version)
     manifest = read_manifest(output_dir, dataset, version)
     if manifest.get("kind") == "text":
         raise ValueError(f"{dataset!r} is a text dataset: use load_text_version")
+    shard = read_stored_file(folder, manifest, IMAGE_SHARD)   # read once, then sliced
     size, n_classes = manifest["short_side"], len(manifest["classes"])
     multi = manifest["multi_label"]
     splits = {}
     for split in SPLITS:
         items = [it for it in manifest["items"] if it["split"] == split]
-        arrays = parallel_map(_decode_job, [(folder / it["file"], size) for it in items], 2000)
+        jobs = [(shard[it["offset"]:it["offset"] + it["bytes"]], size) for it in items]
+        arrays = parallel_map(_decode_job, jobs, 2000)
         images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous() \
             if arrays else torch.zeros(0, 3, size, size, dtype=torch.uint8)
         if multi:
@@ -746,7 +969,7 @@ def plot_class_examples(output_dir, dataset, version, *, per_class=6, max_classe
                         title=""):
     """A grid: one row per class (at most `max_classes`), `per_class` images each."""
     folder = version_dir(output_dir, dataset, version)
-    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest = read_manifest(output_dir, dataset, version)
     classes, size = manifest["classes"], manifest["short_side"]
     rows = sorted(set(np.linspace(0, len(classes) - 1, min(max_classes, len(classes)))
                       .round().astype(int).tolist()))
@@ -758,7 +981,7 @@ def plot_class_examples(output_dir, dataset, version, *, per_class=6, max_classe
             ax.set_xticks([])
             ax.set_yticks([])
             if k < len(examples):
-                ax.imshow(decode_square(folder / examples[k]["file"], size))
+                ax.imshow(read_version_image(folder, examples[k], size))
         axes[r][0].set_ylabel(classes[c], rotation=0, ha="right", va="center", fontsize=8)
     fig.suptitle(title or f"{dataset} {version}", fontsize=10)
     fig.tight_layout()

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from speedup.arms import ARMS, Arm, arm_class, Baseline, make_arm
-from speedup.data import decode_square, read_manifest, version_dir, version_names
+from speedup.data import read_manifest, read_version_image, version_dir, version_names
 from speedup.files import lacks, read_json_checked, set_aside
 from speedup.registry import DATASETS
 from speedup.tasks import task_class
@@ -1209,7 +1209,7 @@ def slide_datasets(output_dir: str, versions: dict[str, str], task: str) -> plt.
             item = next((it for it in train if c in it["labels"] and it["file"] not in shown),
                         train[0])
             shown.add(item["file"])
-            ax.imshow(decode_square(folder / item["file"], manifest["short_side"]))
+            ax.imshow(read_version_image(folder, item, manifest["short_side"]))
             # the class it was picked for; VOC's other labels as a count: "dog +2"
             more = f" +{len(item['labels']) - 1}" if len(item["labels"]) > 1 else ""
             ax.set_title(classes[c][:15 - len(more)] + more, fontsize=MIN_SLIDE_POINTS)

@@ -33,9 +33,10 @@ FIRST_DOWNLOAD_NOTE = ("no digest is published for this file: the sha256 of its 
                        "the cached copy against it")
 
 
-def file_digests(path, chunk=1 << 20):
-    """md5, sha1 and sha256 of a file, in one pass over it (a 2 GB archive is read once)."""
-    hashes = {name: hashlib.new(name) for name in DIGESTS}
+def file_digests(path, names=DIGESTS, chunk=1 << 20):
+    """md5, sha1 and sha256 (or the digests `names`) of a file, in one pass over it (a 2 GB
+    archive is read once)."""
+    hashes = {name: hashlib.new(name) for name in names}
     with open(path, "rb") as f:
         while block := f.read(chunk):
             for h in hashes.values():
@@ -89,17 +90,20 @@ def disk_full(path, needed) -> DiskFullError:
 
 
 def atomic_write(path, write, needed) -> None:
-    """Write ``path`` by ``write(partial_path)`` and a rename: a reader never sees half a
-    file. On failure the partial file is removed; a full disk raises ``DiskFullError``
-    (``needed``: the bytes, or a function that counts them)."""
+    """Write ``path`` (a file, or a folder of files) by ``write(partial_path)`` and a rename:
+    a reader never sees half of it. On failure the partial file or folder is removed; a full
+    disk raises ``DiskFullError`` (``needed``: the bytes, or a function that counts them)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
+    _remove(partial)                  # what a killed run left
     try:
         write(partial)
+        if partial.is_dir():
+            _remove(path)             # a folder cannot be renamed over another one
         os.replace(partial, path)
     except BaseException as exc:
-        partial.unlink(missing_ok=True)
+        _remove(partial)
         if isinstance(exc, DiskFullError) or not isinstance(exc, Exception):
             raise
         needed = needed() if callable(needed) else needed
@@ -107,6 +111,15 @@ def atomic_write(path, write, needed) -> None:
         if getattr(exc, "errno", None) == errno.ENOSPC or _short_of_space(path, needed):
             raise disk_full(path, needed) from exc
         raise
+
+
+def _remove(path) -> None:
+    """Delete a file or a folder, if there is one."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _short_of_space(path, needed) -> bool:

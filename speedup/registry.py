@@ -56,7 +56,7 @@ DATASETS = {
 }
 
 SPLITS = ("train", "val", "test")
-MB_DEFINITION = "1 MB = 10**6 bytes of stored JPEG files"
+MB_DEFINITION = "1 MB = 10**6 bytes of stored JPEG data"   # see IMAGE_BYTES_COUNTED
 
 
 # the smallest JPEG Pillow writes (8 x 8 flat grey, optimised) is 283 bytes

@@ -22,10 +22,12 @@ from speedup.samples import (
 from speedup.registry import DATASETS, VOC_CLASSES
 from speedup.files import ArchiveError, DownloadError, download, safe_extract
 from speedup.data import (
+    IMAGE_SHARD, DamagedVersionError, UnknownVersionError, VersionSettings,
     build_size_versions, encode_image, fetch_dataset, load_version, nested_order,
-    read_caltech256, read_voc2012, read_voc_annotation,
+    read_caltech256, read_stored_file, read_version_image, read_version_manifest, read_voc2012,
+    read_voc_annotation,
 )
-from speedup.textdata import load_text_version, read_yahoo_answers
+from speedup.textdata import load_text_version, read_yahoo_answers, version_tokenizer
 from speedup.prepare import prepare_dataset
 
 N_CLASSES = 6
@@ -50,11 +52,12 @@ def voc(tmp_path_factory):
 
 def build(data, out_dir, name, seed=0, **overrides):
     records, classes, _ = data
-    kwargs = dict(multi_label=DATASETS[name]["multi_label"], sizes=SIZES, short_sides=SIDES,
-                  jpeg_quality=85, split_fractions=FRACTIONS, seed=seed, out_dir=out_dir,
-                  dataset=name)
-    kwargs.update(overrides)
-    return build_size_versions(records, classes, **kwargs)
+    settings = dict(sizes=SIZES, short_sides=SIDES, jpeg_quality=85,
+                    split_fractions=FRACTIONS, seed=seed)
+    settings.update(overrides)
+    return build_size_versions(records, classes, multi_label=DATASETS[name]["multi_label"],
+                               settings=VersionSettings(**settings), out_dir=out_dir,
+                               dataset=name)
 
 
 @pytest.fixture(scope="module")
@@ -124,18 +127,23 @@ def test_versions_fit_budget_and_cover_every_class(built, name):
     out, manifests = built[0], built[1][name]
     for version, m in manifests.items():
         folder = out / "data" / name / version
-        sizes = [(folder / it["file"]).stat().st_size for it in m["items"]]
-        assert m["bytes"] == sum(sizes) <= m["budget_bytes"]
+        shard = (folder / IMAGE_SHARD).read_bytes()
+        sizes = [it["bytes"] for it in m["items"]]
+        assert m["bytes"] == sum(sizes) == len(shard) <= m["budget_bytes"]   # JPEGs only
         assert m["bytes"] >= 0.95 * m["budget_bytes"]            # close to the budget
-        assert len(list((folder / "files").iterdir())) == len(m["items"])
+        assert sorted(p.name for p in folder.iterdir()) == [IMAGE_SHARD, "manifest.json"]
+        assert [it["offset"] for it in m["items"]] == np.cumsum([0] + sizes[:-1]).tolist()
+        assert m["files"][IMAGE_SHARD] == {"bytes": len(shard),
+                                           "sha256": hashlib.sha256(shard).hexdigest()}
         assert m["mb_definition"].startswith("1 MB = 10**6 bytes")
         for split in ("train", "val", "test"):
             assert min(m["counts"][split].values()) >= 1, (version, split)
         files = [it["file"] for it in m["items"]]
         assert len(files) == len(set(files))                     # no item in two splits
-        it = m["items"][0]
-        assert hashlib.sha256((folder / it["file"]).read_bytes()).hexdigest() == it["sha256"]
-        with Image.open(folder / it["file"]) as image:
+        for it in m["items"]:
+            blob = shard[it["offset"]:it["offset"] + it["bytes"]]
+            assert hashlib.sha256(blob).hexdigest() == it["sha256"]
+        with Image.open(io.BytesIO(blob)) as image:
             assert min(image.size) == SIDES[version] and image.mode == "RGB"
     assert manifests["l"]["tv_distance"] < 0.08                  # proportions kept
     n = manifests["l"]["n_images"]
@@ -178,6 +186,90 @@ def test_too_small_budget_is_a_clear_error(caltech, tmp_path):
         build(caltech[1], tmp_path, "caltech256", sizes={"tiny": 3_000},
               short_sides={"tiny": 32})
     assert not (tmp_path / "tiny").exists()
+
+
+# ---------------------------------------------------------------- storage
+
+def _files_on_disk(folder):
+    return sorted(str(p.relative_to(folder)) for p in Path(folder).rglob("*") if p.is_file())
+
+
+def test_a_version_of_any_size_is_a_handful_of_files(built, tmp_path):
+    """Google Drive's mount times out on folders of thousands of files: a version is one
+    images.bin and its manifest; a text version its three splits, the manifest and one
+    file per cached tokenizer."""
+    out, manifests = built
+    for name in ("caltech256", "voc2012"):
+        for version in manifests[name]:
+            assert _files_on_disk(out / "data" / name / version) == [IMAGE_SHARD,
+                                                                     "manifest.json"]
+        assert len(manifests[name]["l"]["items"]) > 200        # images, not files
+    prepare_dataset("yahoo_answers", "sample", {"s": 40_000}, {}, 85, FRACTIONS, False, 0,
+                    tmp_path / "out", tmp_path / "cache", show=False)
+    for arch in ("bert", "gpt1"):
+        version_tokenizer(tmp_path / "out", "yahoo_answers", "s", arch, 300, pretrained=False)
+    on_disk = _files_on_disk(tmp_path / "out/data/yahoo_answers/s")
+    assert on_disk == ["manifest.json", "test.jsonl", "tokenizer-bert-300.json",
+                       "tokenizer-gpt1-300.json", "train.jsonl", "val.jsonl"]
+    assert len(on_disk) <= 16
+
+
+def test_a_damaged_shard_is_set_aside_and_its_version_built_again(tmp_path, capsys):
+    args = ("caltech256", "sample", {"a": 30_000}, {"a": 24}, 85, FRACTIONS, False, 0,
+            tmp_path / "out", tmp_path / "cache")
+    first = prepare_dataset(*args, show=False)
+    folder = tmp_path / "out/data/caltech256/a"
+    shard = folder / IMAGE_SHARD
+    good = shard.read_bytes()
+    item = first["a"]["items"][3]
+    flipped = bytearray(good)
+    flipped[item["offset"] + 40] ^= 0xFF              # one bit rot, the size unchanged
+    shard.write_bytes(bytes(flipped))
+    capsys.readouterr()
+    # the loaders check the shard's sha256 as they read it: set aside, named, not built
+    with pytest.raises(DamagedVersionError, match=r"images\.bin was damaged.*run the data"):
+        load_version(tmp_path / "out", "caltech256", "a")
+    out = capsys.readouterr().out
+    assert out.count("warning: damaged file") == 1 and "images.bin.damaged" in out
+    assert read_version_manifest(folder) is None     # so the batch runs the data job again
+    shard.with_name("images.bin.damaged").replace(shard)
+    with pytest.raises(DamagedVersionError, match=r"item .* differs from its sha256"):
+        read_version_image(folder, item, 24)
+    shard.with_name("images.bin.damaged").replace(shard)
+    capsys.readouterr()
+    # the data chapter checks every version it would reuse: rebuilt, the same as before
+    again = prepare_dataset(*args, show=False)
+    out = capsys.readouterr().out
+    assert out.count("warning: damaged file") == 1 and "sha256 differs" in out
+    assert "reusing" not in out and again == first and shard.read_bytes() == good
+
+
+def test_a_folder_of_jpegs_from_an_older_chapter_is_rebuilt(tmp_path, capsys):
+    """Manifest format 1 stored each image as files/<name>.jpg: not misread, rebuilt."""
+    args = ("caltech256", "sample", {"a": 30_000}, {"a": 24}, 85, FRACTIONS, False, 0,
+            tmp_path / "out", tmp_path / "cache")
+    first = prepare_dataset(*args, show=False)
+    folder = tmp_path / "out/data/caltech256/a"
+    old = json.loads((folder / "manifest.json").read_text())
+    shard = read_stored_file(folder, old, IMAGE_SHARD)
+    (folder / "files").mkdir()
+    for it in old["items"]:                          # as format 1 wrote a version
+        (folder / "files" / it["file"]).write_bytes(
+            shard[it["offset"]:it["offset"] + it["bytes"]])
+        it["file"] = f"files/{it['file']}"
+        del it["offset"]
+    del old["files"], old["settings"]["kind"]
+    old["settings"]["format"] = 1
+    (folder / IMAGE_SHARD).unlink()
+    (folder / "manifest.json").write_text(json.dumps(old))
+    capsys.readouterr()
+    with pytest.raises(UnknownVersionError, match="manifest format 1 .a folder of JPEG files"):
+        load_version(tmp_path / "out", "caltech256", "a")
+    again = prepare_dataset(*args, show=False)
+    out = capsys.readouterr().out
+    assert "built in manifest format 1 (a folder of JPEG files)" in out
+    assert "warning" not in out and again == first
+    assert _files_on_disk(folder) == [IMAGE_SHARD, "manifest.json"]
 
 
 def test_nested_order_prefixes_are_stratified():
@@ -534,6 +626,27 @@ def test_too_small_budget_fails_before_any_work(tmp_path):
     assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("bad,message", [
+    ({"jpeg_quality": 850}, "jpeg_quality = 850: expected an integer from 1 to 100"),
+    ({"short_sides": {"tiny": 16}}, r"short_sides = \{'tiny': 16\}: expected a shorter side"),
+    ({"split_fractions": [0.8, 0.3, 0.1]}, r"split_fractions = \[0.8, 0.3, 0.1\]"),
+    ({"seed": -1}, "seed = -1"),
+    ({"sizes": {"ok": "1MB"}}, r"sizes = \{'ok': '1MB'\}"),
+    ({"include_clutter": "no"}, "include_clutter = 'no'"),
+    ({"source": 3}, "source = 3"),
+    ({"dataset": "mnist"}, r"dataset = 'mnist': expected one of \['bookcorpus'"),
+    ({"sizez": {}}, r"unknown parameter\(s\) \['sizez'\] of the data chapter"),
+])
+def test_bad_parameters_are_named_before_any_work(tmp_path, bad, message):
+    params = dict(dataset="caltech256", source="sample", sizes={"ok": 100_000},
+                  short_sides={"ok": 16}, jpeg_quality=85, split_fractions=FRACTIONS,
+                  include_clutter=False, seed=0, output_dir=tmp_path / "out",
+                  cache_dir=tmp_path / "cache")
+    with pytest.raises(ValueError, match=message):
+        prepare_dataset(**{**params, **bad}, show=False)
+    assert not list(tmp_path.iterdir())
+
+
 # ---------------------------------------------------------------- text datasets
 
 TEXT_SIZES = {"s": 30_000, "m": 90_000, "l": 250_000}
@@ -692,7 +805,7 @@ def test_built_versions_are_reused_without_fetching_the_source_again(tmp_path, c
     changed[4] = 75                                                 # another JPEG quality
     rebuilt = prepare_dataset(*changed, tmp_path / "new-vm", show=False)
     assert rebuilt["a"]["jpeg_quality"] == 75 and (tmp_path / "new-vm").exists()
-    (tmp_path / "out/data/caltech256/a" / rebuilt["a"]["items"][0]["file"]).unlink()
+    (tmp_path / "out/data/caltech256/a" / IMAGE_SHARD).unlink()
     prepare_dataset(*changed, tmp_path / "new-vm", show=False)      # a file gone: rebuilt
     assert "reusing" not in capsys.readouterr().out
 

@@ -52,6 +52,15 @@ def test_version_tokenizer_trains_on_the_training_split_only_and_caches(yahoo, m
     again = version_tokenizer(yahoo, "yahoo_answers", "60KB", "gpt1", 400, pretrained=False)
     assert len(seen) == 1, "the cached tokenizer was trained again"
     assert again.get_vocab() == first.get_vocab()
+    text = load_text_version(yahoo, "yahoo_answers", "60KB").val.texts[0]
+    assert again(text)["input_ids"] == first(text)["input_ids"]
+    assert again.all_special_tokens == first.all_special_tokens
+    assert again.pad_token_id == first.pad_token_id is not None
+    # one file beside the version; a damaged one is set aside and trained again
+    cached = Path(yahoo, "data", "yahoo_answers", "60KB", "tokenizer-gpt1-400.json")
+    cached.write_text('{"version": "1.0", "mod')
+    version_tokenizer(yahoo, "yahoo_answers", "60KB", "gpt1", 400, pretrained=False)
+    assert len(seen) == 2 and cached.with_name(cached.name + ".damaged").exists()
 
 
 def test_sequence_length_warms_up_linearly_to_full_length():

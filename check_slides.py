@@ -131,7 +131,7 @@ def _short(text: str, n: int = 50) -> str:
     return text if len(text) <= n else text[:n - 3] + "..."
 
 
-# ------------------------------------------------------------------ slides.pptx, as LibreOffice renders it
+# ---------------------------------------------------- slides.pptx, as LibreOffice renders it
 
 EMU_PER_PT = 12700
 
@@ -207,7 +207,7 @@ def check_pptx(output_dir: Path, png_dir: Path | None, report: Report) -> None:
                                                 f"{len(slides)} slides"))
     page_box = (0, 0, width, height)
     for number, (slide, page) in enumerate(zip(slides, pages), 1):
-        def fail(what):
+        def fail(what, number=number):
             report.problems.append(Problem(deck, number, what))
 
         for line in page["texts"]:
@@ -252,7 +252,7 @@ def check_pptx(output_dir: Path, png_dir: Path | None, report: Report) -> None:
             report.pngs += pngs
 
 
-# ------------------------------------------------------------------ slides.html, as Chromium renders it
+# ------------------------------------------------------- slides.html, as Chromium renders it
 
 class DevTools:
     """Headless Chromium driven over the DevTools protocol on a pipe (fds 3 and 4): no
@@ -333,7 +333,8 @@ class DevTools:
 READY_JS = """new Promise((resolve, reject) => {
   const start = Date.now();
   const go = () => (window.Reveal && Reveal.isReady()) ? resolve(Reveal.getConfig())
-    : Date.now() - start > 30000 ? reject(new Error('reveal.js never got ready')) : setTimeout(go, 50);
+    : Date.now() - start > 30000 ? reject(new Error('reveal.js never got ready'))
+    : setTimeout(go, 50);
   go();
 })"""
 
@@ -401,7 +402,7 @@ def check_html(output_dir: Path, png_dir: Path | None, report: Report) -> None:
         for index in range(count):
             number = index + 1
 
-            def fail(what):
+            def fail(what, number=number):
                 report.problems.append(Problem(deck, number, what))
 
             shown = browser.evaluate(f"{MEASURE_JS}({index})")

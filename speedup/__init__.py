@@ -2,6 +2,7 @@
 """The study's library, one module per concern; each names the chapter that explains it."""
 
 __all__ = [
-    'arms', 'data', 'evaluation', 'files', 'metrics', 'models', 'prepare', 'registry',
-    'samples', 'study', 'tasks', 'textdata', 'train',
+    'arms', 'data', 'deck', 'evidence', 'figures', 'files', 'metrics', 'models', 'prepare',
+    'protocol', 'registry', 'report', 'results', 'samples', 'slides', 'stats', 'study',
+    'tables', 'tasks', 'textdata', 'train',
 ]

@@ -13,7 +13,7 @@ __all__ = [
     'progressive_size', 'sequence_length', 'competence', 'SettingError', 'check_range',
     'check_at_least', 'check_choice', 'CheckedSettings', 'ARMS', 'register_arm', 'Arm',
     'arm_class', 'make_arm', 'Baseline', 'ProgressiveResizing', 'SequenceLengthWarmup',
-    'DifficultyPacing', 'AntiCurriculum',
+    'DifficultyPacing', 'AntiCurriculum', 'BaselineAgain',
 ]
 
 
@@ -130,6 +130,8 @@ class Arm(CheckedSettings):
     grid: ClassVar[dict] = {}        # its default tuning grid: {knob: [values]}
     resize_mode: ClassVar[str] = "antialias"   # how an image task shrinks its batches
     task_labels: ClassVar[dict] = {}   # a label per task where the arm is called otherwise
+    seed_offset: ClassVar[int] = 0     # added to a run's seed (the A/A arm: other seeds)
+    tuned_as: ClassVar[str] = ""       # takes another arm's tuned settings (A/A: baseline's)
 
     @classmethod
     def label_for(cls, task: str) -> str:
@@ -253,3 +255,13 @@ class AntiCurriculum(DifficultyPacing):
 
     def example_order(self, scores) -> np.ndarray:
         return np.argsort(-scores(), kind="stable")
+
+
+@register_arm
+@dataclass(frozen=True)
+class BaselineAgain(Arm):
+    """The A/A check: the baseline again, on other seeds. Its speed-up over the baseline is
+    1 by construction, so its interval must hold 1; one that does not shows the protocol
+    claiming a difference where there is none."""
+    name, label, color, tasks = "aa", "baseline again (A/A check)", "#b0b0b0", ("cv", "nlp")
+    seed_offset, tuned_as = 1000, "baseline"

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    'HIGHER_IS_BETTER', 'primary_metric', 'best_score', 'voc_ap', 'classification_metrics',
-    'token_stats', 'lm_metrics',
+    'HIGHER_IS_BETTER', 'primary_metric', 'best_score', 'voc_ap', 'mean_ap',
+    'classification_metrics', 'token_stats', 'lm_metrics', 'proportion_se', 'bootstrap_se',
 ]
 
 
@@ -46,16 +46,26 @@ def voc_ap(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(np.sum((recall[steps] - recall[steps - 1]) * precision[steps]))
 
 
+def mean_ap(targets: np.ndarray, scores: np.ndarray, mask: np.ndarray | None) -> float:
+    """The devkit's mAP alone: over the classes with a positive, ignored labels removed."""
+    mask = np.ones_like(targets, dtype=bool) if mask is None else mask
+    aps = [voc_ap(targets[mask[:, c], c], scores[mask[:, c], c])
+           for c in range(scores.shape[1]) if targets[mask[:, c], c].sum() > 0]
+    return float(np.mean(aps)) if aps else float("nan")
+
+
 def classification_metrics(targets: np.ndarray, scores: np.ndarray, multi_label: bool,
                            mask: np.ndarray | None = None) -> dict:
-    """Standard metrics from true targets and per-class scores (probabilities)."""
-    num_classes = scores.shape[1]
+    """Standard metrics from true targets and per-class scores (probabilities), with the
+    number of items scored (``n``) and the standard error of the primary metric (``se``)."""
+    num_classes, n = scores.shape[1], len(targets)
     if not multi_label:
         pred = scores.argmax(1)
         p, r, f1, _ = precision_recall_fscore_support(
             targets, pred, labels=range(num_classes), average="macro", zero_division=0)
-        return {"accuracy": float(accuracy_score(targets, pred)),
-                "precision": float(p), "recall": float(r), "f1": float(f1)}
+        accuracy = float(accuracy_score(targets, pred))
+        return {"accuracy": accuracy, "precision": float(p), "recall": float(r),
+                "f1": float(f1), "n": n, "se": proportion_se(accuracy, n)}
     mask = np.ones_like(targets, dtype=bool) if mask is None else mask
     # scikit-learn's macro F1: every class, 0 where it is undefined. F1 counts no true
     # negatives, so an ignored (difficult-only) label set to "negative, predicted negative"
@@ -74,19 +84,43 @@ def classification_metrics(targets: np.ndarray, scores: np.ndarray, multi_label:
         targets[:, whole], scores[:, whole], average=None))) if len(whole) > 1 else {}
     sk_aps = [sk[c] if c in sk else average_precision_score(*kept[c]) for c in scored]
     return {"mAP": float(np.mean(aps)), "mAP_sklearn": float(np.mean(sk_aps)),
-            "f1": float(f1), "classes_scored": len(aps)}
+            "f1": float(f1), "classes_scored": len(aps), "n": n,
+            "se": bootstrap_se(mean_ap, targets, scores, mask)}
 
 
-def token_stats(logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, int, int]:
-    """(summed cross-entropy, correct top-1 predictions, tokens) over targets != -100."""
+def token_stats(logits: torch.Tensor, targets: torch.Tensor) -> tuple:
+    """(summed cross-entropy, its summed squares, correct top-1 predictions, tokens) over
+    the targets that are not -100."""
     keep = targets != -100
     logits, targets = logits[keep].float(), targets[keep]
-    return (float(F.cross_entropy(logits, targets, reduction="sum")),
+    losses = F.cross_entropy(logits, targets, reduction="none")
+    return (float(losses.sum()), float((losses.double() ** 2).sum()),
             int((logits.argmax(-1) == targets).sum()), int(keep.sum()))
 
 
-def lm_metrics(loss_sum: float, correct: int, tokens: int) -> dict:
-    """Loss per token, perplexity and token accuracy from summed token statistics."""
-    loss = loss_sum / max(tokens, 1)
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)),
-            "token_accuracy": correct / max(tokens, 1), "tokens": tokens}
+def lm_metrics(loss_sum: float, square_sum: float, correct: int, tokens: int) -> dict:
+    """Loss per token, perplexity (with its standard error over the tokens, by the delta
+    method) and token accuracy, from summed token statistics."""
+    n = max(tokens, 1)
+    loss = loss_sum / n
+    sd = math.sqrt(max(square_sum / n - loss ** 2, 0.0))
+    perplexity = math.exp(min(loss, 50.0))
+    return {"loss": loss, "perplexity": perplexity, "token_accuracy": correct / n,
+            "tokens": tokens, "n": tokens, "se": perplexity * sd / math.sqrt(n)}
+
+
+def proportion_se(p: float, n: int) -> float:
+    """The standard error of a proportion (an accuracy) measured on ``n`` items."""
+    return math.sqrt(max(p * (1 - p), 0.0) / max(n, 1))
+
+
+def bootstrap_se(score, targets: np.ndarray, scores: np.ndarray, mask, reps: int = 30,
+                 seed: int = 0) -> float:
+    """The standard error of ``score(targets, scores, mask)`` over the items resampled
+    (``reps`` bootstrap replicates): for measures without a formula, such as mAP."""
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(reps):
+        take = rng.integers(0, len(targets), len(targets))
+        values.append(score(targets[take], scores[take], None if mask is None else mask[take]))
+    return float(np.nanstd(values, ddof=1))

@@ -12,6 +12,7 @@ import math
 import os
 from pathlib import Path
 import socket
+import sys
 import time
 import traceback
 
@@ -29,29 +30,41 @@ from speedup.train import (MACHINE_SETTINGS, Checkpoint, eval_interval, gpu_name
     read_result, RunConfig, setting_owners, sync, training_steps)
 
 __all__ = [
-    'STAGES', 'PROFILE_KEYS', 'STAGE_KEYS', 'TUNING_KEYS', 'ProfileError',
-    'parameter_defaults', 'check_params', 'check_keys', 'check_run_settings', 'parse_profile',
-    'method_layers', 'run_settings', 'tuning_grids', 'expand_plan', 'method_runs',
-    'StudyFailed', 'NoGPUError', 'check_device', 'upstream', 'finished_runs', 'diverged_runs',
-    'blocked_by', 'last_line', 'failure_summary', 'finish', 'JOB_SIZES', 'case_of',
-    'plan_jobs', 'status_path', 'outputs_intact', 'is_complete', 'disk_was_full', 'job_status',
-    'in_this_kernel', 'run_jobs', 'run_plan', 'run_stage', 'legacy_results', 'LOCK_NAME',
-    'BatchLocked', 'batch_lock', 'run_config', 'run_work', 'plan_counts', 'run_costs',
-    'measure_throughput', 'speed_key', 'estimate_study', 'study_status',
+    'STAGES', 'STAGE_CHAPTERS', 'SECTIONS', 'PROFILE_KEYS', 'STAGE_KEYS', 'TUNING_KEYS',
+    'ProfileError', 'parameter_defaults', 'check_params', 'check_keys', 'check_run_settings',
+    'parse_profile', 'method_layers', 'run_settings', 'tuning_grids', 'expand_plan',
+    'plan_cases', 'method_runs', 'StudyFailed', 'NoGPUError', 'check_device', 'upstream',
+    'training_runs', 'finished_runs', 'diverged_runs', 'blocked_by', 'picks_path',
+    'apply_picks', 'resolve_picks', 'last_line', 'failure_summary', 'finish', 'JOB_SIZES',
+    'case_of', 'plan_jobs', 'status_path', 'outputs_intact', 'is_complete', 'disk_was_full',
+    'job_status', 'in_this_kernel', 'run_jobs', 'run_plan', 'run_stage', 'legacy_results',
+    'LOCK_NAME', 'BatchLocked', 'batch_lock', 'run_config', 'run_work', 'plan_counts',
+    'run_costs', 'measure_throughput', 'speed_key', 'estimate_study', 'SESSION_HOURS',
+    'RESULT_BYTES', 'OPTIMIZER_STATES', 'study_needs', 'ASSUMED_T4_TFLOPS', 'times_row',
+    'times_markdown', 'needs_sentence', 'study_status',
 ]
 
 
 # ---- chapters/03_method.ipynb, cell 03-026b
-STAGES = ("data_prep", "architectures", "method", "evaluation")
-PROFILE_KEYS = {"task", "profile", "label", "workers", "requires_gpu", *STAGES}
+# The study's stages in order, each run by a chapter: tuning trains the grids (phase A),
+# selection picks each arm's settings from them, and the main runs (phase B) train with
+# the picks.
+STAGES = ("data_prep", "architectures", "tuning", "selection", "method", "evaluation")
+STAGE_CHAPTERS = {"data_prep": "data_prep", "architectures": "architectures",
+                  "tuning": "method", "selection": "evaluation", "method": "method",
+                  "evaluation": "evaluation"}
+SECTIONS = ("data_prep", "architectures", "method", "evaluation")   # a profile's sections
+PROFILE_KEYS = {"task", "profile", "label", "workers", "requires_gpu", *SECTIONS}
 STAGE_KEYS = {
     "data_prep": {"datasets", "params", "per_dataset"},
     "architectures": {"params"},
-    "method": {"archs", "arms", "seeds", "seeds_per_version", "budgets", "params",
-               "per_arch", "per_dataset", "per_version", "tuning"},
+    "method": {"archs", "arms", "cases", "seeds", "seeds_per_version", "seeds_per_arm",
+               "target_seeds", "budgets", "params", "per_arch", "per_dataset", "per_version",
+               "per_data",
+               "tuning"},
     "evaluation": {"params"},
 }
-TUNING_KEYS = {"dataset", "version", "grids", "seeds"}
+TUNING_KEYS = {"datasets", "version", "grids", "per_dataset", "seeds"}
 
 
 class ProfileError(ValueError):
@@ -117,10 +130,10 @@ def parse_profile(text: str, where: str) -> dict:
     except yaml.YAMLError as exc:
         raise ProfileError(f"{where}: not valid YAML: {exc}") from None
     check_keys(profile, PROFILE_KEYS, where)
-    for stage in STAGES:
-        if stage not in profile:
-            raise ProfileError(f"{where}: missing section '{stage}'")
-        check_keys(profile[stage], STAGE_KEYS[stage], f"{where}: {stage}")
+    for section in SECTIONS:
+        if section not in profile:
+            raise ProfileError(f"{where}: missing section '{section}'")
+        check_keys(profile[section], STAGE_KEYS[section], f"{where}: {section}")
     return {**profile, "_path": where}
 
 
@@ -129,31 +142,39 @@ def method_layers(m: dict, where: str) -> dict:
     """The run-setting layers of a profile's ``method`` section, by where they stand:
     ``{"method.params": {...}, "method.per_dataset.voc2012": {...}, ...}``."""
     layers = {f"{where}: method.params": m.get("params", {})}
-    for group in ("per_dataset", "per_version", "per_arch"):
+    for group in ("per_dataset", "per_version", "per_arch", "per_data"):
         for name, values in m.get(group, {}).items():
             layers[f"{where}: method.{group}.{name}"] = values
     return layers
 
 
 def run_settings(m: dict, arch: str, dataset: str, version: str) -> dict:
-    """Profile-wide settings, then the dataset's, the version's, the architecture's."""
+    """Profile-wide settings, then the dataset's, the version's, the architecture's, and
+    last one version of one dataset's (``per_data``, keyed ``dataset/version``)."""
     return {**m.get("params", {}), **m.get("per_dataset", {}).get(dataset, {}),
-            **m.get("per_version", {}).get(version, {}), **m.get("per_arch", {}).get(arch, {})}
+            **m.get("per_version", {}).get(version, {}), **m.get("per_arch", {}).get(arch, {}),
+            **m.get("per_data", {}).get(f"{dataset}/{version}", {})}
 
 
-def tuning_grids(m: dict, task: str, where: str) -> dict:
-    """Each arm's grid: the profile's (``tuning.grids.<arm>``), else its class's ``grid``;
-    a grid may vary only settings its arm reads, and every arm is tuned."""
+def tuning_grids(m: dict, task: str, where: str, dataset: str) -> dict:
+    """Each arm's grid on ``dataset``: the profile's (``tuning.grids.<arm>``, a setting
+    replaced where ``tuning.per_dataset.<dataset>.<arm>`` names it: e.g. a learning rate
+    around the dataset's own), else its class's ``grid``; a grid may vary only settings its
+    arm reads, and every arm is tuned."""
     grids = m["tuning"].get("grids", {})
     check_keys(grids, set(m["arms"]), f"{where}: method.tuning.grids")
+    own = m["tuning"].get("per_dataset", {}).get(dataset, {})
+    check_keys(own, set(m["arms"]), f"{where}: method.tuning.per_dataset.{dataset}")
     out = {}
     for arm in m["arms"]:
-        grid = grids.get(arm, arm_class(arm, task).grid)
+        if arm_class(arm, task).tuned_as:   # the A/A arm takes the baseline's picks
+            continue
+        grid = {**grids.get(arm, arm_class(arm, task).grid), **own.get(arm, {})}
         if not grid:
             raise ProfileError(f"{where}: method.tuning.grids: no grid for arm {arm!r} (its "
                                "class has none either); every arm is tuned")
         readable = set(RunConfig.shared_names()) - set(MACHINE_SETTINGS) - {
-            "task", "dataset", "version", "arch", "seed"}
+            "task", "dataset", "version", "arch", "seed", "eval_version"}
         for hp, values in grid.items():
             if hp not in readable | set(arm_class(arm, task).defaults()):
                 raise ProfileError(f"{where}: method.tuning.grids.{arm}: {hp!r} is not a "
@@ -196,22 +217,44 @@ def expand_plan(profile: dict, defaults: dict, output_dir: str, cache_dir: str,
     stages["architectures"] = [job("architectures", "architectures",
                                    {**profile["architectures"].get("params", {}),
                                     "datasets": list(dp["datasets"])}, "architectures")]
-    stages["method"], trials = method_runs(profile, task, sizes, output_dir, seeds)
-    stages["evaluation"] = [job("evaluation", "evaluation",
-                                profile["evaluation"].get("params", {}), "evaluation")]
+    stages["method"], stages["tuning"], trials = method_runs(profile, task, sizes,
+                                                            output_dir, seeds)
+    ev = profile["evaluation"].get("params", {})
+    stages["selection"] = [{**job("evaluation", "selection", {**ev, "step": "select"},
+                                  "evaluation"), "stage": "selection"}] \
+        if stages["tuning"] else []
+    stages["evaluation"] = [job("evaluation", "evaluation", ev, "evaluation")]
     return {"task": task, "profile": profile.get("profile", Path(src).stem),
             "label": profile.get("label", ""), "source": src,
             "requires_gpu": bool(profile.get("requires_gpu", False)),
             "tuning_trials": trials, "arms": list(profile["method"]["arms"]),
             "method_defaults": {"task": task, **profile["method"].get("params", {})},
-            "stages": stages}
+            "picks": {}, "stages": {stage: stages[stage] for stage in STAGES}}
 
 
 # ---- chapters/03_method.ipynb, cell 03-026e2
+def plan_cases(profile: dict, sizes: dict) -> list[tuple]:
+    """The study's cases: every architecture on every dataset's versions, or the ones
+    ``method.cases`` names (``arch/dataset/version``, each of the profile's own)."""
+    m, src = profile["method"], profile["_path"]
+    every = [(a, d, v) for a, d in itertools.product(m["archs"],
+                                                     profile["data_prep"]["datasets"])
+             for v in sizes[d]]
+    if "cases" not in m:
+        return every
+    named = [tuple(str(c).split("/")) for c in m["cases"]]
+    unknown = [c for c in named if c not in every]
+    if unknown:
+        raise ProfileError(f"{src}: method.cases: {'/'.join(unknown[0])} is not an "
+                           f"architecture, dataset and version of this profile")
+    return named
+
+
 def method_runs(profile: dict, task: str, sizes: dict, output_dir: str,
-                seeds: list | None) -> tuple[list, dict]:
-    """The training runs of the plan (main, frontier and tuning runs, each once) and the
-    tuning trials per arm. Every run setting of the profile is checked first."""
+                seeds: list | None) -> tuple[list, list, dict]:
+    """The training runs of the plan: phase B's (main, frontier and target-setting runs)
+    and phase A's (the tuning grids, on their own seeds), each once, and the tuning
+    trials per arm. Every run setting of the profile is checked first."""
     src, m = profile["_path"], profile["method"]
     for arm in m["arms"]:
         try:
@@ -227,6 +270,10 @@ def method_runs(profile: dict, task: str, sizes: dict, output_dir: str,
         if not isinstance(b, (int, float)) or not 0 < b < 1:
             raise ProfileError(f"{src}: method.budgets: {b!r} is not a fraction in (0, 1)")
     runs: dict[str, dict] = {}
+    target_seeds = m.get("target_seeds", [])
+    if not (isinstance(target_seeds, list) and all(isinstance(s, int) for s in target_seeds)):
+        raise ProfileError(f"{src}: method.target_seeds: {target_seeds!r} is not a list of "
+                           "integers")
 
     def add_run(settings, arm, role=None, varied=None):
         own = setting_owners(task, [arm])
@@ -237,52 +284,85 @@ def method_runs(profile: dict, task: str, sizes: dict, output_dir: str,
             where = ", ".join(str(settings.get(k)) for k in ("arch", "dataset", "version"))
             raise ProfileError(f"{src}: method ({where}, {arm}): {exc}") from None
         ident = config.run_id()
-        run = runs.setdefault(ident, {"id": ident, "stage": "method",
+        run = runs.setdefault(ident, {"id": ident, "stage": "tuning" if varied else "method",
                                       "params": {**config.flat(), "run_name": ident},
-                                      "main": False, "frontier": False, "varied": []})
-        if role:   # main | frontier
+                                      "main": False, "frontier": False, "target": False,
+                                      "varied": []})
+        if role:   # main | frontier | target
             run[role] = True
         if varied and varied not in run["varied"]:
             run["varied"].append(varied)  # the default point belongs to every grid line
         return ident
 
-    for arch, ds in itertools.product(m["archs"], profile["data_prep"]["datasets"]):
-        for version in sizes[ds]:
-            for i, seed in enumerate(per_version.get(version, default_seeds)):
-                base = {**run_settings(m, arch, ds, version), "arch": arch, "dataset": ds,
-                        "version": version, "seed": seed}
-                k = i % len(m["arms"])  # arm order rotated by seed: no arm always first
-                for arm in m["arms"][k:] + m["arms"][:k]:
+    per_arm = m.get("seeds_per_arm", {})
+    check_keys(per_arm, set(m["arms"]), f"{src}: method.seeds_per_arm")
+    check_keys(m.get("per_data", {}), {f"{d}/{v}" for d, vs in sizes.items() for v in vs},
+               f"{src}: method.per_data (dataset/version)")
+    for seed in target_seeds:
+        if seed in default_seeds or any(seed in v for v in per_version.values()):
+            raise ProfileError(f"{src}: method.target_seeds: seed {seed} is also a seed of "
+                               "the comparison; the target is set on seeds of its own")
+    for arch, ds, version in plan_cases(profile, sizes):
+        seeds_here = per_version.get(version, default_seeds)
+        for i, seed in enumerate(seeds_here):
+            base = {**run_settings(m, arch, ds, version), "arch": arch, "dataset": ds,
+                    "version": version, "seed": seed}
+            k = i % len(m["arms"])  # arm order rotated by seed: no arm always first
+            for arm in m["arms"][k:] + m["arms"][:k]:
+                if seed in per_arm.get(arm, seeds_here):   # fewer seeds for some arms
                     add_run(base, arm, "main")
-                for b in budgets:  # the baseline's time-quality frontier
-                    add_run({**base, "budget": float(b)}, Baseline.name, "frontier")
+            for b in budgets:  # the baseline's time-quality frontier
+                add_run({**base, "budget": float(b)}, Baseline.name, "frontier")
+        for seed in target_seeds:   # the baseline's own seeds that set the case's target
+            add_run({**run_settings(m, arch, ds, version), "arch": arch, "dataset": ds,
+                     "version": version, "seed": seed}, Baseline.name, "target")
     trials = {}
     if m.get("tuning"):
         tuning = m["tuning"]
         check_keys(tuning, TUNING_KEYS, f"{src}: method.tuning")
-        grids = tuning_grids(m, task, src)
-        tuning_seeds = tuning.get("seeds") if seeds is None else None
-        if tuning_seeds is None:
-            tuning_seeds = per_version.get(tuning["version"], default_seeds)
-        elif not (isinstance(tuning_seeds, list) and tuning_seeds
-                  and all(isinstance(s, int) for s in tuning_seeds)):
+        tuning_seeds = tuning.get("seeds", [500])   # phase A's own seeds
+        if not (isinstance(tuning_seeds, list) and tuning_seeds
+                and all(isinstance(s, int) for s in tuning_seeds)):
             raise ProfileError(f"{src}: method.tuning.seeds: {tuning_seeds!r} is not a "
                                "non-empty list of integers")
-        for arch, seed in itertools.product(m["archs"], tuning_seeds):
-            for arm, grid in grids.items():
-                ids = set()
-                for hp, values in grid.items():
-                    for value in values:
-                        settings = {**run_settings(m, arch, tuning["dataset"],
-                                                   tuning["version"]),
-                                    "arch": arch, "dataset": tuning["dataset"],
-                                    "version": tuning["version"], "seed": seed, hp: value}
-                        ids.add(add_run(settings, arm, varied=hp))
-                trials[arm] = len(ids)
-        if len(set(trials.values())) > 1:
-            raise ProfileError(f"{src}: method.tuning.grids: unequal tuning effort, trials "
-                               f"per arm {trials}; give every arm as many trials")
-    return list(runs.values()), trials
+        compared = {int(r["params"]["seed"]) for r in runs.values()}
+        for seed in tuning_seeds:
+            if seed in compared:
+                raise ProfileError(f"{src}: method.tuning.seeds: seed {seed} is also a seed "
+                                   "of the comparison or the target; phase A tunes on seeds "
+                                   "of its own")
+        datasets = tuning.get("datasets", profile["data_prep"]["datasets"])
+        if not isinstance(datasets, list) or not set(datasets) <= set(sizes):
+            raise ProfileError(f"{src}: method.tuning.datasets: {datasets!r} is not a list of "
+                               f"this profile's datasets {sorted(sizes)}")
+        check_keys(tuning.get("per_dataset", {}), set(datasets),
+                   f"{src}: method.tuning.per_dataset")
+        versions = tuning["version"]   # one for all datasets, or {dataset: version}
+        if not isinstance(versions, dict):
+            versions = dict.fromkeys(datasets, versions)
+        check_keys(versions, set(datasets), f"{src}: method.tuning.version")
+        for ds in datasets:
+            grids, version = tuning_grids(m, task, src, ds), versions.get(ds)
+            if not isinstance(version, str):
+                raise ProfileError(f"{src}: method.tuning.version: no version of {ds} named "
+                                   f"({version!r})")
+            for arch, seed in itertools.product(m["archs"], tuning_seeds):
+                for arm, grid in grids.items():
+                    ids = set()
+                    for hp, values in grid.items():
+                        for value in values:
+                            settings = {**run_settings(m, arch, ds, version),
+                                        "arch": arch, "dataset": ds, "version": version,
+                                        "seed": seed, hp: value}
+                            ids.add(add_run(settings, arm, varied=hp))
+                    trials[arm] = len(ids)
+                if len(set(trials.values())) > 1:
+                    raise ProfileError(f"{src}: method.tuning.grids: unequal tuning effort on "
+                                       f"{ds}, trials per arm {trials}; give every arm as "
+                                       "many trials")
+    phase_b = [r for r in runs.values() if r["main"] or r["frontier"] or r["target"]]
+    phase_a = [r for r in runs.values() if r["varied"]]
+    return phase_b, phase_a, trials
 
 
 # ---- chapters/03_method.ipynb, cell 03-026f
@@ -310,16 +390,22 @@ def upstream(job: dict) -> list[str]:
     p = job["params"]
     if job["stage"] == "architectures":
         return [f"data-{d}" for d in p["datasets"]]
-    if job["stage"] == "method":
-        return sorted({f"data-{run['dataset']}" for run in p["runs"]})
+    if job["stage"] in ("tuning", "method"):
+        data = sorted({f"data-{run['dataset']}" for run in p["runs"]})
+        return data + (["selection"] if job["stage"] == "method" else [])
     return []
+
+
+def training_runs(plan: dict) -> list[dict]:
+    """Every training run of the plan: phase A's tuning runs, then phase B's."""
+    return [*plan["stages"].get("tuning", []), *plan["stages"]["method"]]
 
 
 def finished_runs(plan: dict, output_dir, main_only: bool = True,
                   status: str = "complete") -> list[str]:
     """The plan's (main) runs whose results are on disk with ``status`` (a damaged result
     is set aside: not finished)."""
-    return [run["id"] for run in plan["stages"]["method"]
+    return [run["id"] for run in training_runs(plan)
             if (run["main"] or not main_only)
             and (read_result(Path(output_dir, "results", f"{run['id']}.json")) or {}
                  ).get("status") == status]
@@ -341,6 +427,47 @@ def blocked_by(job: dict, plan: dict, statuses: dict, output_dir) -> str | None:
         if status in ("failed", "skipped"):
             return f"upstream job {up} {status}"
     return None
+
+
+def picks_path(output_dir) -> Path:
+    """Where the selection writes each arm's tuned settings: ``tuning/picks.json``."""
+    return Path(output_dir, "tuning", "picks.json")
+
+
+def apply_picks(plan: dict, picks: dict) -> None:
+    """Phase B's runs with each arm's tuned settings (``picks``: {arch: {dataset: {arm:
+    {setting: value}}}}, as the selection wrote them; an arm ``tuned_as`` another takes
+    that one's), renamed by their new keys; the plan records the picks. Applying them twice
+    changes nothing."""
+    runs = {}
+    for run in plan["stages"]["method"]:
+        p = {k: v for k, v in run["params"].items() if k != "run_name"}
+        cls = arm_class(p["arm"], plan["task"])
+        own = setting_owners(plan["task"], [p["arm"]])
+        tuned = picks.get(p["arch"], {}).get(p["dataset"], {})
+        chosen = {k: v for k, v in tuned.get(cls.tuned_as or p["arm"], {}).items() if k in own}
+        config = RunConfig.from_flat({**p, **chosen})
+        ident = config.run_id()
+        old = runs.get(ident, {})
+        runs[ident] = {**run, "id": ident, "params": {**config.flat(), "run_name": ident},
+                       **{role: bool(run.get(role) or old.get(role))
+                          for role in ("main", "frontier", "target")}, "picked": chosen}
+    plan["stages"]["method"], plan["picks"] = list(runs.values()), picks
+
+
+def resolve_picks(plan: dict, output_dir) -> None:
+    """After the selection: phase B's runs take its picks (``apply_picks``) and the plan on
+    disk says so. Without a tuning stage, nothing to do."""
+    if not plan["stages"].get("selection"):
+        return
+    picks = read_json_checked(picks_path(output_dir), lambda p: lacks(p, ["picks"]))
+    if picks is None:
+        print(f"warning: {picks_path(output_dir)} is missing: phase B trains at the "
+              "profile's settings (run the tuning and selection stages first)",
+              file=sys.stderr)
+        return
+    apply_picks(plan, picks["picks"])
+    write_json(Path(output_dir, "plan.json"), plan)
 
 
 def last_line(text: str) -> str:
@@ -381,18 +508,17 @@ def case_of(run: dict) -> str:
 
 def plan_jobs(plan: dict, stage: str, job_size: str = "case", costs: dict | None = None
               ) -> list[dict]:
-    """The jobs of a stage: a method job trains one case's runs (``case``; the tuning
-    grid's runs apart) or one run (``run``); ``costs`` ({run id: FLOPs}) orders method
-    jobs longest first."""
-    if stage != "method":
+    """The jobs of a stage: a training job trains one case's runs (``case``: phase B's
+    main, frontier and target-setting runs of the case, or the case's tuning grid) or one
+    run (``run``); ``costs`` ({run id: FLOPs}) orders them longest first."""
+    if stage not in ("tuning", "method"):
         return plan["stages"][stage]
     if job_size not in JOB_SIZES:
         raise ValueError(f"job_size {job_size!r}: must be one of {JOB_SIZES}")
     groups: dict[str, list] = {}
-    for run in plan["stages"]["method"]:
-        in_case = run["main"] or run.get("frontier")
+    for run in plan["stages"][stage]:
         group = (run["id"] if job_size == "run" else
-                 case_of(run) if in_case else f"tuning-{case_of(run)}")
+                 case_of(run) if stage == "method" else f"tuning-{case_of(run)}")
         groups.setdefault(group, []).append(run)
     jobs = [{"id": ident, "stage": stage,
              "params": {"task": plan["task"], "runs": [r["params"] for r in runs],
@@ -414,9 +540,11 @@ def outputs_intact(output_dir, job: dict) -> bool:
     if job["stage"] == "data_prep":
         return all(read_version_manifest(version_dir(output_dir, p["dataset"], v))
                    is not None for v in p.get("sizes", {}))
-    if job["stage"] == "method":
+    if job["stage"] in ("tuning", "method"):
         return all(read_result(Path(output_dir, "results", f"{run}.json")) is not None
                    for run in job.get("runs", []))
+    if job["stage"] == "selection":
+        return read_json_checked(picks_path(output_dir)) is not None
     return True
 
 
@@ -492,9 +620,11 @@ def run_plan(plan: dict, output_dir, start, *, slots=(None,), stages=STAGES,
             print(f"note: {legacy} result(s) in {out}/results were written by older code "
                   "(the arms were called curricula): their runs are trained again once, "
                   "under today's names")
-        costs = run_costs(plan, out) if "method" in stages else {}
+        costs = run_costs(plan, out) if {"tuning", "method"} & set(stages) else {}
         statuses = {} if statuses is None else statuses
         for stage in stages:
+            if stage == "method":   # phase B trains with the settings the selection picked
+                resolve_picks(plan, out)
             run_stage(plan_jobs(plan, stage, job_size, costs), out, start, slots, statuses,
                       plan, (codes or {}).get(stage))
     return statuses
@@ -688,7 +818,7 @@ def plan_counts(plan: dict, run: dict, output_dir) -> tuple[RunConfig, dict]:
 def run_costs(plan: dict, output_dir) -> dict:
     """{run id: training FLOPs} of the plan's runs (0 where it cannot be counted)."""
     costs = {}
-    for run in plan["stages"]["method"]:
+    for run in training_runs(plan):
         try:
             config, counts = plan_counts(plan, run, output_dir)
             costs[run["id"]] = run_work(config, counts)["train_flops"]
@@ -737,8 +867,8 @@ def estimate_study(plan: dict, output_dir, flops_per_s: float | None = None,
     ``study_status``."""
     import pandas as pd
     device = device or pick_device()
-    rates, rows = {}, []
-    for run in plan["stages"]["method"]:
+    rates, sizes, rows = {}, {}, []
+    for run in training_runs(plan):
         p = run["params"]
         row = {"run": run["id"], "dataset": p["dataset"], "version": p["version"],
                "arch": p["arch"], "arm": p["arm"], "main": run["main"]}
@@ -751,7 +881,9 @@ def estimate_study(plan: dict, output_dir, flops_per_s: float | None = None,
         work, key = run_work(config, counts), speed_key(config, counts)
         if key not in rates:
             rates[key] = flops_per_s or measure_throughput(config, counts, device)
-        rows.append({**row, "train_pflops": work["train_flops"] / 1e15,
+            sizes[key] = task_class(config.task).parameter_count(config, counts)
+        rows.append({**row, "parameters": sizes[key], "optimizer": config.optimizer,
+                     "train_pflops": work["train_flops"] / 1e15,
                      "eval_pflops": work["eval_flops"] / 1e15,
                      "tflops_per_s": rates[key] / 1e12,
                      # evaluation runs no backward pass: about 3x the training speed
@@ -765,12 +897,67 @@ def estimate_study(plan: dict, output_dir, flops_per_s: float | None = None,
     return table
 
 
+SESSION_HOURS = 10.0   # training to plan per free Colab session (it ends after ~12 h at most)
+RESULT_BYTES = 60_000  # one run's results on disk: its history and per-example records
+OPTIMIZER_STATES = {"sgd": 1, "adamw": 2}   # tensors a checkpoint keeps per parameter
+
+
+def study_needs(plan: dict, table) -> dict:
+    """What a study asks of Colab, from ``estimate_study``'s table: its training hours and
+    the free sessions they take, and the Drive space of its outputs: the versions (at most
+    their byte budgets), the results, and the checkpoint of the run in training (fp32
+    weights and optimiser state; each run keeps only its latest, deleted when it ends)."""
+    hours = float(np.nansum(table.hours))
+    versions = sum(sum(j["params"]["sizes"].values()) for j in plan["stages"]["data_prep"])
+    checkpoint = max((4 * r.parameters * (1 + OPTIMIZER_STATES.get(r.optimizer, 2))
+                      for r in table.itertuples() if np.isfinite(r.hours)), default=0)
+    return {"hours": hours, "sessions": max(1, math.ceil(hours / SESSION_HOURS)),
+            "versions_gb": versions / 1e9, "results_gb": len(table) * RESULT_BYTES / 1e9,
+            "checkpoint_gb": checkpoint / 1e9}
+
+
+# No T4 was lent to this project: the time tables assume a T4 trains at 10% (the CNNs at
+# 32-128 px) and 20% (BERT-base, GPT-1) of its 65 TFLOP/s fp16 tensor-core peak. The
+# notebook's estimate cell measures the real speed on the GPU it runs on.
+ASSUMED_T4_TFLOPS = {"cv": 6.5, "nlp": 13.0}
+
+
+def times_row(plan: dict, table) -> dict:
+    """One profile's line of the time table (``table``: ``estimate_study`` at the assumed
+    T4 speed)."""
+    needs = study_needs(plan, table)
+    return {"profile": f"{plan['task']}-{plan['profile']}", "runs": len(table),
+            "pflops": float(np.nansum(table.train_pflops)), **needs}
+
+
+def times_markdown(rows: list[dict]) -> str:
+    """The time table that README.md and speedup.ipynb quote (docs/times.md)."""
+    lines = ["| profile | training runs | training work | training on a T4 (assumed speed) | "
+             "free Colab sessions | Drive |", "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        drive = r["versions_gb"] + r["results_gb"] + r["checkpoint_gb"]
+        lines.append(f"| `{r['profile']}` | {r['runs']} | {r['pflops']:.1f} PFLOP | "
+                     f"~{r['hours']:.1f} h | {r['sessions']} | {drive:.1f} GB |")
+    return "\n".join(lines)
+
+
+def needs_sentence(needs: dict, device: str) -> str:
+    """``study_needs`` as the notebook prints it before any download."""
+    sessions = ("one free Colab session" if needs["sessions"] == 1 else
+                f"{needs['sessions']} free Colab sessions of up to {SESSION_HOURS:g} h "
+                "(keep Drive on: each new session resumes)")
+    drive = needs["versions_gb"] + needs["results_gb"]
+    return (f"about {needs['hours']:.1f} h of training on {device}: {sessions}. Drive: "
+            f"{drive:.2f} GB of versions and results, plus {needs['checkpoint_gb']:.2f} GB "
+            "for the checkpoint of the run in training.")
+
+
 def study_status(plan: dict, output_dir) -> str:
     """Runs done (and partly done, from their checkpoints) and the estimated time left."""
     import pandas as pd
     done = set(finished_runs(plan, output_dir, main_only=False))
     diverged = set(diverged_runs(plan, output_dir))
-    line = f"{len(done)} of {len(plan['stages']['method'])} training runs done"
+    line = f"{len(done)} of {len(training_runs(plan))} training runs done"
     line += f" ({len(diverged)} more diverged)" if diverged else ""
     done |= diverged
     estimate = read_json_checked(Path(output_dir, "estimate.json"),

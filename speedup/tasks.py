@@ -21,9 +21,9 @@ from speedup.textdata import load_text_version, version_tokenizer
 
 __all__ = [
     'BYTES_PER_TOKEN', 'JPEG_BYTES_AT_32', 'JPEG_SIDE_EXPONENT', 'ROW_BYTES', 'shrink',
-    'to_input', 'channel_stats', 'per_example_loss', 'thumbnail_features', 'probe_difficulty',
-    'counting_model', 'ImageTask', 'built_manifest', 'EVAL_MASK_SEED', 'encode_stream',
-    'pad_rows', 'pack_rows', 'Tokenised', 'tokenise_version', 'token_rows',
+    'to_input', 'at_side', 'channel_stats', 'per_example_loss', 'thumbnail_features',
+    'probe_difficulty', 'counting_model', 'ImageTask', 'built_manifest', 'EVAL_MASK_SEED',
+    'encode_stream', 'pad_rows', 'pack_rows', 'Tokenised', 'tokenise_version', 'token_rows',
     'unigram_log_probs', 'TextTask', 'TASKS', 'task_class',
 ]
 
@@ -60,6 +60,16 @@ def to_input(images: torch.Tensor, size: int, stats: tuple, flip: bool = False,
         x = shrink(x, size, mode)
     x = (x - mean) / std
     return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
+
+
+def at_side(split, side: int):
+    """A split whose uint8 images are ``side`` x ``side`` (antialiased where another
+    version stored them at another side): the validation split of a larger version."""
+    if split.images.shape[-1] != side:
+        x = F.interpolate(split.images.float(), size=(side, side), mode="bilinear",
+                          antialias=True, align_corners=False)
+        split.images = x.round().clamp(0, 255).to(torch.uint8)
+    return split
 
 
 def channel_stats(images: torch.Tensor, device: torch.device) -> tuple:
@@ -150,6 +160,10 @@ class ImageTask:
         self.data = data or load_version(config.output_dir, config.dataset, config.version)
         self.train = self.data.train
         self.full_size, self.n_train = self.data.image_size, len(self.train.images)
+        if config.eval_version and config.eval_version != config.version:
+            held = load_version(config.output_dir, config.dataset, config.eval_version)
+            self.data.val = at_side(held.val, self.full_size)
+            self.data.test = at_side(held.test, self.full_size)
         self.multi_label, self.classes = self.data.multi_label, self.data.classes
         self.primary = primary_metric(self.multi_label)
         self.stats = channel_stats(self.train.images, device)
@@ -235,12 +249,24 @@ class ImageTask:
         return self.flops_per_item(self.config, {"classes": len(self.classes),
                                                  "full": self.full_size})(size)
 
+    def chance(self) -> float:
+        """The primary metric of guessing: 1 / classes (accuracy), or, multi-label, the
+        mean share of validation images that hold each class (the average precision of a
+        random ranking is its class's prevalence; classes absent from it are not scored)."""
+        if not self.multi_label:
+            return 1 / len(self.classes)
+        val = self.data.val
+        positive = val.targets * (val.mask if val.mask is not None else 1)
+        share = positive.float().mean(0)
+        return float(share[share > 0].mean()) if (share > 0).any() else float("nan")
+
     def about(self, net) -> dict:
         """What a result records about the run's model and data."""
         c = self.config
         return {"model": model_label(c.arch, c.task_settings.width),
                 "parameters": count_parameters(net), "multi_label": self.multi_label,
                 "objective": "classify", "primary_metric": self.primary,
+                "chance": self.chance(),
                 "classes": len(self.classes), "input_size": self.full_size,
                 "input_unit": self.unit, "throughput_unit": f"{self.items}/s",
                 "train_examples": self.n_train,
@@ -277,6 +303,14 @@ class ImageTask:
                 _COUNTED[key, size] = count_flops(net, size)
             return _COUNTED[key, size]
         return flops
+
+    @staticmethod
+    def parameter_count(config, counts: dict) -> int:
+        """Parameters of a run's model (built on the meta device: no memory, no time)."""
+        with torch.device("meta"):
+            net = build_model(config.arch, counts["classes"], config.task_settings.width,
+                              full_size=counts["full"])
+        return count_parameters(net)
 
     @classmethod
     def timing_step(cls, config, counts: dict, device: torch.device):
@@ -354,7 +388,10 @@ def tokenise_version(config) -> Tokenised:
                             s.vocab_size, s.pretrained_tokenizer)
     if tok.pad_token is None:  # openai-gpt ships without one
         tok.add_special_tokens({"pad_token": "<pad>"})
-    splits = {"train": data.train, "val": data.val, "test": data.test}
+    held = data   # the version whose validation and test splits score the run
+    if config.eval_version and config.eval_version != config.version:
+        held = load_text_version(config.output_dir, config.dataset, config.eval_version)
+    splits = {"train": data.train, "val": held.val, "test": held.test}
     if data.train.labels is None:
         ids = {k: encode_stream(tok, d.texts, s.seq_length) for k, d in splits.items()}
         labels = {k: None for k in splits}
@@ -438,7 +475,7 @@ class TextTask:
         self.source, self.known_difficulty = t.source, t.known_difficulty
         self.special_ids = torch.tensor(t.tokenizer.all_special_ids)
         self.masker = None
-        self.generators = (torch.Generator().manual_seed(config.seed),)  # training masks
+        self.generators = (torch.Generator().manual_seed(config.run_seed),)  # training masks
         if self.lm and self.arch == "bert":
             self.masker = DataCollatorForLanguageModeling(
                 t.tokenizer, mlm_probability=self.settings.mlm_probability)
@@ -510,7 +547,7 @@ class TextTask:
             return classification_metrics(self.labels[split].numpy(),
                                           torch.cat(probs).numpy(), False)
         targets = self.labels[split]  # BERT's masked tokens; None for GPT-1's next tokens
-        totals = np.zeros(3)
+        totals = np.zeros(4)
         for i in range(0, len(ids), batch_size):
             labels = None if targets is None else targets[i:i + batch_size]
             totals += token_stats(*self.forward(net, ids[i:i + batch_size], None, labels))
@@ -571,6 +608,7 @@ class TextTask:
         return {"model": text_model_label(self.arch, s.preset),
                 "parameters": count_parameters(net), "multi_label": False,
                 "objective": self.objective, "primary_metric": self.primary,
+                "chance": 1 / len(self.classes) if self.classes else float("nan"),
                 "classes": len(self.classes), "input_size": self.full_size,
                 "input_unit": self.unit, "throughput_unit": f"{self.items}/s",
                 "vocab_size": self.vocab_size, "train_examples": self.n_train, **lm,
@@ -635,6 +673,15 @@ class TextTask:
         if counts["classes"] == 0:
             return lambda length: per(length) * full / length
         return lambda length: per(max(1, round(min(counts["tokens_per_item"], length))))
+
+    @classmethod
+    def parameter_count(cls, config, counts: dict) -> int:
+        """Parameters of a run's model (built on the meta device: no memory, no time)."""
+        with torch.device("meta"):
+            net = build_text_model(config.arch, "lm" if counts["classes"] == 0 else "classify",
+                                   config.task_settings.preset, cls.vocabulary(config),
+                                   num_labels=max(counts["classes"], 2))
+        return count_parameters(net)
 
     @classmethod
     def timing_step(cls, config, counts: dict, device: torch.device):

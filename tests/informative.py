@@ -4,7 +4,8 @@ from pathlib import Path
 
 import run_batch
 from speedup.prepare import prepare_dataset
-from speedup.evaluation import informative_ranges, load_results, with_roles
+from speedup.protocol import informative_ranges
+from speedup.results import load_results, with_roles
 from speedup.train import RunConfig, run_training
 
 ROOT = Path(__file__).resolve().parents[1]

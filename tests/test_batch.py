@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 import run_batch
-from speedup.study import ProfileError, estimate_study, is_complete, study_status
+from speedup.study import (ProfileError, apply_picks, estimate_study, is_complete,
+                           study_status)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,38 +50,73 @@ def test_missing_profile_lists_the_known_ones(tmp_path):
         run_batch.load_profile(tmp_path / "nope.yaml")
 
 
-@pytest.mark.parametrize("task,small,datasets,small_seeds,budgets", [
-    ("cv", "100KB", ["caltech256", "voc2012"], 2, {0.5}),
-    ("nlp", "60KB", ["yahoo_answers", "bookcorpus"], 2, {0.5}),
+@pytest.mark.parametrize("task,small,datasets", [
+    ("cv", "100KB", ["caltech256", "voc2012"]),
+    ("nlp", "60KB", ["yahoo_answers", "bookcorpus"]),
 ])
-def test_demo_plan_covers_every_combination_budget_and_grid(task, small, datasets, small_seeds,
-                                                            budgets):
-    plan = run_batch.expand_plan(run_batch.load_profile(ROOT / "params" / f"{task}-demo.yaml"),
-                                 "_output", "_cache")
+def test_demo_plan_covers_every_combination_budget_and_grid(task, small, datasets):
+    """Phase B: every arm on every case (two seeds on the smallest version, one on the
+    others), the baseline at each reduced budget beside each main seed, and one
+    target-setting baseline per case; phase A: each arm's grid, on seeds of its own."""
+    profile = run_batch.load_profile(ROOT / "params" / f"{task}-demo.yaml")
+    m = profile["method"]
+    plan = run_batch.expand_plan(profile, "_output", "_cache")
     assert plan["task"] == task
     method = plan["stages"]["method"]
     main = [j for j in method if j["main"]]
-    # archs x datasets x arms x (the smallest version's seeds + 1 on the two others)
-    runs_per_arm = 2 * 2 * (small_seeds + 1 + 1)
-    assert len(main) == 3 * runs_per_arm
+    # archs x datasets x (the smallest version's 2 seeds + 1 on each of the two others)
+    case_seeds = 2 * 2 * (2 + 1 + 1)
+    assert len(main) == len(m["arms"]) * case_seeds
     assert all(j["params"]["task"] == task for j in method)
     assert len({j["id"] for j in method}) == len(method)
     frontier = [j for j in method if j["frontier"]]
-    assert len(frontier) == len(budgets) * runs_per_arm  # each baseline at each reduced budget
+    assert len(frontier) == len(m["budgets"]) * case_seeds >= 3 * case_seeds
     assert {(j["params"]["arm"], j["params"]["budget"]) for j in frontier} == {
-        ("baseline", b) for b in budgets}
-    # every arm is tuned with the same number of trials, the default point included
+        ("baseline", b) for b in m["budgets"]}
+    target = [j for j in method if j["target"]]
+    assert len(target) == 2 * 2 * 3 and {j["params"]["seed"] for j in target} == {100}
+    assert len(method) == len(main) + len(frontier) + len(target)
+    # every version is scored on the largest version's validation split
+    largest = max(plan["stages"]["data_prep"][0]["params"]["sizes"].items(),
+                  key=lambda kv: kv[1])[0]
+    assert {j["params"]["eval_version"] for j in method} == {largest}
+    # every arm is tuned with the same number of trials, the default point included, on
+    # seeds no comparison uses
     assert plan["tuning_trials"] == {"baseline": 3, "progressive": 3, "difficulty": 3}
-    grid = [j for j in method if j["varied"]]
-    assert len(grid) == 2 * 3 * 3 and sum(j["main"] for j in grid) == 2 * 3
-    assert len(method) == len(main) + len(frontier) + len(grid) - 2 * 3
-    assert all(j["params"]["run_name"] == j["id"] for j in method)
+    grid = plan["stages"]["tuning"]
+    assert len(grid) == 2 * 3 * 3 and all(j["varied"] for j in grid)
+    assert {j["params"]["seed"] for j in grid} == {500}
+    assert not {j["id"] for j in grid} & {j["id"] for j in method}
+    assert all(j["params"]["run_name"] == j["id"] for j in method + grid)
     assert plan["stages"]["architectures"][0]["params"]["datasets"] == datasets
     # the arms' order in a case is rotated by seed: no arm always trains first
     first = {j["params"]["seed"]: j["params"]["arm"] for j in reversed(main)
              if j["params"]["version"] == small and j["params"]["arch"] == main[0]["params"]["arch"]
              and j["params"]["dataset"] == datasets[0]}
-    assert len(first) == small_seeds and len(set(first.values())) == small_seeds
+    assert len(first) == 2 and len(set(first.values())) == 2
+
+
+def test_main_runs_take_the_picks_and_the_aa_arm_the_baselines(tmp_path):
+    """After the selection, phase B's runs train each arm's picks (the A/A arm the
+    baseline's), under new ids; applying the picks twice changes nothing."""
+    profile = yaml.safe_load((ROOT / "params" / "cv-demo.yaml").read_text())
+    profile["method"]["arms"].append("aa")
+    plan = run_batch.expand_plan(run_batch.load_profile(_write(tmp_path, profile)), "o", "c")
+    picks = {"vgg11_bn": {"baseline": {"lr": 0.1}, "progressive": {"start_scale": 0.25}},
+             "resnet18": {"baseline": {"lr": 0.025}, "difficulty": {"start_competence": .1}}}
+    before = {j["id"] for j in plan["stages"]["method"]}
+    apply_picks(plan, picks)
+    after = plan["stages"]["method"]
+    for j in after:
+        p = j["params"]
+        chosen = picks[p["arch"]].get("baseline" if p["arm"] == "aa" else p["arm"], {})
+        assert all(p[k] == v for k, v in chosen.items()), (j["id"], chosen)
+        assert j["picked"] == chosen
+    assert any(j["params"]["arm"] == "aa" and j["params"]["lr"] == 0.1 for j in after)
+    assert len(after) == len(before) and {j["id"] for j in after} != before
+    again = [dict(j) for j in after]
+    apply_picks(plan, picks)
+    assert [j["id"] for j in plan["stages"]["method"]] == [j["id"] for j in again]
 
 
 @pytest.mark.parametrize("edit,message", [
@@ -142,6 +178,10 @@ def test_batch_runs_every_chapter_skips_what_failed_inputs_block_and_resumes(tmp
     assert all(status[j]["reason"] == "upstream job data-voc2012 failed"
                for j in by["skipped"])
     assert "no-such-version" in status["tuning-resnet18-caltech256-no-such-version"]["error"]
+    # without a tuning result the selection names the arms phase B trains untuned
+    picks = json.loads((out / "tuning" / "picks.json").read_text())
+    assert picks["picks"] == {} and picks["untuned"] == ["resnet18/baseline",
+                                                         "resnet18/progressive"]
     assert "/no/such/VOCtrainval.tar" in status["data-voc2012"]["error"]
     assert not (out / "notebooks" / "method" / "resnet18-voc2012-60KB.ipynb").exists()
     assert "2 failed, 3 skipped" in printed.out
@@ -161,14 +201,14 @@ def test_batch_runs_every_chapter_skips_what_failed_inputs_block_and_resumes(tmp
     runs = [v["run_name"] for nb in cases for v in
             json.loads(nb.read_text())["metadata"]["papermill"]["parameters"]["runs"]]
     assert sorted(runs) == sorted(caltech)
-    for name in ["final_performance.png", "time_to_target.png", "schedule.png"]:
+    for name in ["final_performance.png", "speedup.png", "reached.png", "schedule.png"]:
         assert (out / "figures" / name).stat().st_size > 10_000
     assert "sample data" in (out / "tables" / "speedup.md").read_text()
     before = {p: p.stat().st_mtime for p in (out / "results").glob("*-*.json")}
 
     # The status and time estimate: speeds measured here, on the CPU.
     table = estimate_study(plan, out)
-    assert len(table) == len(plan["stages"]["method"])
+    assert len(table) == len(plan["stages"]["tuning"]) + len(plan["stages"]["method"])
     assert (table.hours.dropna() > 0).all() and table.hours.isna().sum() == 2  # bad grid runs
     progressive = table[table.arm == "progressive"].train_pflops.sum()
     assert progressive < table[table.arm == "baseline"].train_pflops.sum()
@@ -201,22 +241,18 @@ def test_seeds_replace_the_profiles(tmp_path):
     assert len(main) == 2 * 2 * 3 * 3 * 2
 
 
-def test_the_tuning_grid_runs_its_own_seeds_beside_its_versions_more(tmp_path):
-    """The demo tunes on its smallest version with one seed (tuning.seeds) while that
-    version's cases run more; without tuning.seeds the grid runs the version's seeds."""
+def test_phase_a_runs_on_seeds_of_its_own(tmp_path):
+    """The tuning grid runs on ``tuning.seeds`` (default: seed 500), never on a seed the
+    comparison or the target uses, and a clash fails naming the key."""
     profile = yaml.safe_load((ROOT / "params" / "cv-demo.yaml").read_text())
     m = profile["method"]
-    version = m["tuning"]["version"]
-
-    def seeds_of(plan, grid):
-        return {j["params"]["seed"] for j in plan["stages"]["method"]
-                if bool(j.get("varied")) == grid and j["params"]["version"] == version}
-    plan = run_batch.expand_plan(run_batch.load_profile(_write(tmp_path, profile)), "o", "c")
-    assert seeds_of(plan, grid=True) == set(m["tuning"]["seeds"]) == {0}
-    assert seeds_of(plan, grid=False) == set(m["seeds_per_version"][version]) == {0, 1}
     del m["tuning"]["seeds"]
     plan = run_batch.expand_plan(run_batch.load_profile(_write(tmp_path, profile)), "o", "c")
-    assert seeds_of(plan, grid=True) == {0, 1}
+    assert {j["params"]["seed"] for j in plan["stages"]["tuning"]} == {500}
+    m["tuning"]["seeds"] = [1]
+    with pytest.raises(ProfileError, match="method.tuning.seeds: seed 1 is also a seed "
+                                           "of the comparison"):
+        run_batch.expand_plan(run_batch.load_profile(_write(tmp_path, profile)), "o", "c")
 
 
 # No tuning grid: a grid's papermill job is the image batch's (above) and the text pair's
@@ -257,7 +293,7 @@ def test_the_text_chapters_run_as_a_batch(tmp_path):
     assert not sorted(out.rglob("*.damaged"))
     assert "sequence-length warmup" in (out / "tables" / "speedup.md").read_text()
     for name in ["samples_yahoo_answers.png", "samples_bookcorpus.png", "schedule.png",
-                 "final_performance.png", "time_to_target.png"]:
+                 "final_performance.png", "speedup.png"]:
         assert (out / "figures" / name).stat().st_size > 10_000
     assert (out / "tables" / "data_bookcorpus.md").exists()
     for dataset in ("yahoo_answers", "bookcorpus"):  # the data chapter's text versions

@@ -6,7 +6,6 @@ import json
 import re
 import tarfile
 import threading
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -750,7 +749,7 @@ def test_bookcorpus_versions_are_contiguous_nested_and_disjoint(tmp_path):
             first, n = run["first_line"], run["n_lines"]
             assert getattr(data, split).texts == lines[first:first + n]    # contiguous
             spans.setdefault(split, []).append((first, first + n))
-    for split, runs in spans.items():                                    # nested
+    for runs in spans.values():                                          # nested
         assert all(a[0] == b[0] and a[1] < b[1] for a, b in zip(runs, runs[1:]))
     ends = [spans[s][-1] for s in ("train", "val", "test")]              # never meet
     assert ends[0][1] <= ends[1][0] and ends[1][1] <= ends[2][0]

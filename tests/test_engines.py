@@ -19,7 +19,9 @@ SMALL = copy.deepcopy(TINY)
 SMALL["data_prep"].update(datasets=["caltech256"], per_dataset={})
 SMALL["data_prep"]["params"].update(sizes={"60KB": 60000}, short_sides={"60KB": 24})
 del SMALL["method"]["budgets"]
-STAGES = ["data_prep", "method"]  # the architecture table and the evaluation read the same
+# the architecture table and the evaluation read the same; the selection runs: a tuning
+# job that fails leaves phase B at the profile's settings, on every engine alike
+STAGES = ["data_prep", "tuning", "selection", "method"]
 
 
 @pytest.mark.parametrize("env,count,gpus", [
@@ -139,7 +141,7 @@ def test_dask_and_submitit_run_the_batch_as_the_local_pool_does(tmp_path, monkey
     statuses, runs, examples = expected
     assert {j: s[0] for j, s in statuses.items()} == {
         "data-caltech256": "complete", "resnet18-caltech256-60KB": "complete",
-        "tuning-resnet18-caltech256-no-such-version": "failed"}
+        "selection": "complete", "tuning-resnet18-caltech256-no-such-version": "failed"}
     assert "no-such-version" in statuses["tuning-resnet18-caltech256-no-such-version"][3]
     assert sorted(r["params"]["arm"] for r in runs.values()) == ["baseline", "progressive"]
     assert examples  # the baseline's per-example losses

@@ -1,253 +1,244 @@
-"""Chapter 4: targets, time-to-target, speed-ups with intervals, and labels, from synthetic
-result rows (and one small synthetic study on disk)."""
+"""Chapter 4: targets from target-setting seeds, crossings between passes, paired speed-ups
+with censoring, Holm for the exploratory comparisons, the frontier's saving, phase A's
+picks, and labels, from synthetic result rows (and small synthetic studies on disk)."""
 import json
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from dataclasses import dataclass
-
 from speedup.arms import ARMS, Arm, register_arm
-from speedup.evaluation import (
-    add_targets, arm_stats, arm_summary, bootstrap_speedup, evaluate_study, geometric_mean,
-    median_time, percentile_interval, performance_profile, speedup_summary, speedups,
-    study_label, time_to_target, version_bytes,
-)
+from speedup.protocol import (Protocol, add_targets, comparisons, crossing, frontier_cost,
+                              frontier_savings, reach_rates, smoothed, tuning_picks)
+from speedup.report import evaluate_study
+from speedup.results import version_bytes
+from speedup.figures import study_label
 
 INF = float("inf")
 
 
-def _hist(values, seconds_per_epoch, flops_per_epoch=1e9):
+def _hist(values, spe, flops_per_epoch=1e9):
     return [{"step": i + 1, "epoch": float(i + 1), "val_primary": v,
-             "train_time_s": (i + 1) * seconds_per_epoch,
+             "val": {"n": 200, "se": 0.03}, "train_time_s": (i + 1) * spe,
              "train_flops": (i + 1) * flops_per_epoch} for i, v in enumerate(values)]
 
 
-def _row(arm, values, spe, name, *, version="1MB", seed=0, budget=1.0, main=None,
-         **kw):
-    main = budget == 1.0 if main is None else main
-    return {"arch": "resnet18", "dataset": "caltech256", "version": version, "seed": seed,
-            "arm": arm, "budget": budget, "main": main,
-            "frontier": not main and arm == "baseline" and budget < 1.0,
-            "varied": [], "history": _hist(values, spe), "run_name": name,
-            "best_val": max(values), "final_val": values[-1], "test": values[-1],
-            "train_time_s": len(values) * spe, "train_flops": len(values) * 1e9,
-            "width": 16, "data_source": "sample", "task": "cv", "metric": "accuracy",
-            "higher_is_better": True, **kw}
+def _row(arm, values, spe, name, *, version="1MB", seed=0, budget=1.0, role="main",
+         flops_per_epoch=1e9, **kw):
+    h = _hist(values, spe, flops_per_epoch)
+    return {"task": "cv", "arch": "resnet18", "dataset": "caltech256", "version": version,
+            "seed": seed, "arm": arm, "budget": budget,
+            "main": role == "main", "target": role == "target",
+            "frontier": role == "frontier", "tuning": role == "tuning", "varied": [],
+            "history": h, "run_name": name, "best_val": max(values), "final_val": values[-1],
+            "test": values[-1], "train_time_s": h[-1]["train_time_s"],
+            "train_flops": h[-1]["train_flops"], "horizon_s": h[-1]["train_time_s"],
+            "horizon_flops": h[-1]["train_flops"], "val_n": 200, "val_se": 0.03,
+            "width": 16, "data_source": "sample", "metric": "accuracy",
+            "higher_is_better": True, "diverged": False, "diverged_epoch": np.nan, **kw}
 
 
-def test_time_to_target_is_the_first_pass_at_or_above_target_and_a_miss_is_infinite():
-    h = _hist([.2, .5, .45, .7], 3.0)
-    assert time_to_target(h, .5) == (2.0, 6.0, 2e9)
-    assert time_to_target(h, .71) == (INF, INF, INF)
+def test_a_curve_is_smoothed_over_three_passes_and_a_crossing_interpolated():
+    h = _hist([.2, .5, .8, .8], 3.0)
+    assert smoothed(h).tolist() == pytest.approx([.2, .35, .5, .7])
+    # the smoothed curve reaches .6 halfway between its 3rd (.5) and 4th (.7) pass
+    assert crossing(h, .6) == pytest.approx((3.5, 10.5, 3.5e9))
+    assert crossing(h, .71) == (INF, INF, INF)
+    assert crossing(h, .1) == pytest.approx((1.0, 3.0, 1e9))   # reached at the first pass
+    lower = _hist([300.0, 100.0, 60.0], 1.0)
+    # smoothed 300, 200, 153.3: perplexity 160 is reached 40 / 46.7 of the way to pass 3
+    assert crossing(lower, 160.0, higher_is_better=False)[0] == pytest.approx(2 + 40 / (140 / 3))
 
 
-def test_the_target_comes_from_the_full_budget_baseline_only():
+def test_the_target_comes_from_the_target_seeds_lowest_best_smoothed_score():
     df = add_targets(pd.DataFrame([
-        _row("baseline", [.2, .5, .8, .8], 10.0, "b"),
-        _row("baseline", [.5, .9, .9], 10.0, "b-half", budget=0.5),           # a frontier run
-        _row("baseline", [.5, .95, .95], 10.0, "b-tuned", main=False),         # a tuning run
-        _row("progressive", [.3, .6, .78, .8], 5.0, "p"),  # reaches .76 at epoch 3 = 15 s
-        _row("difficulty", [.1, .2, .3, .4], 10.0, "d"),    # never reaches it
-    ]), 0.95)
-    assert df.target.tolist() == pytest.approx([0.76] * 5)
-    table = speedups(df, reps=200).set_index("arm")
-    assert table.loc["progressive", "baseline_s"] == 30.0
-    assert table.loc["progressive", "method_s"] == 15.0
-    assert table.loc["progressive", "speedup"] == pytest.approx(2.0)
-    assert table.loc["progressive", "flops_speedup"] == pytest.approx(1.0)  # same FLOPs/epoch
-    assert table.loc["difficulty", "method_s"] == INF
-    assert table.loc["difficulty", "speedup"] == 0.0   # shown as "not reached"
+        _row("baseline", [.6, .8, .8, .8], 10.0, "t0", seed=100, role="target"),
+        _row("baseline", [.5, .7, .7, .7], 10.0, "t1", seed=101, role="target"),  # lowest: .7
+        _row("baseline", [.2, .5, .9, .9], 10.0, "b"),            # a comparison seed
+        _row("baseline", [.5, .95], 10.0, "b-half", budget=0.5, role="frontier"),
+        _row("progressive", [.3, .6, .78, .8], 5.0, "p"),
+    ]), 0.9)
+    assert df.target.tolist() == pytest.approx([0.63] * 5)    # 0.9 x 0.7, never the best .95
+    assert set(df.target_source) == {"target seeds"}
+    # without target seeds the comparison's own full-budget baselines set it, and say so
+    alone = add_targets(pd.DataFrame([_row("baseline", [.2, .5, .8, .8], 10.0, "b"),
+                                      _row("progressive", [.3, .6, .8], 5.0, "p")]), 0.9)
+    assert alone.target.tolist() == pytest.approx([0.9 * 0.7] * 2)
+    assert set(alone.target_source) == {"comparison seeds"}
 
 
-def test_the_cheapest_baseline_budget_that_reaches_the_target_is_picked():
-    df = add_targets(pd.DataFrame([
-        _row("baseline", [.5, .8, .8, .8], 10.0, "b"),              # target .76, reached at 20 s
-        _row("baseline", [.5, .7], 10.0, "b50", budget=0.5),        # misses
-        _row("baseline", [.5, .6, .77], 4.0, "b75", budget=0.75),   # reaches at 12 s
-        _row("progressive", [.6, .78, .8, .8], 3.0, "p"),       # reaches at 6 s
-    ]), 0.95)
-    r = speedups(df, reps=200).iloc[0]
-    assert r.cheapest_budget == 0.75 and r.cheapest_s == 12.0
-    assert r.speedup_vs_cheapest == pytest.approx(2.0)
-    assert r.speedup == pytest.approx(20.0 / 6.0)
-
-
-def _case(version, arm_values, seeds=3):
-    """One case: the baseline reaches .76 at 30 s every seed; the arm at 15 s where its
-    seed's curve does."""
-    rows = []
-    for s in range(seeds):
-        rows.append(_row("baseline", [.2, .5, .8, .8], 10.0, f"b{version}{s}", version=version,
-                         seed=s))
-        rows.append(_row("progressive", arm_values[s], 5.0, f"p{version}{s}",
-                         version=version, seed=s))
-    return rows
-
-
-HIT, MISS = [.3, .6, .78, .8], [.3, .6, .7, .7]
-
-
-def test_a_miss_lowers_the_summary_instead_of_being_dropped():
-    all_hit = add_targets(pd.DataFrame(_case("1MB", [HIT] * 3) + _case("2MB", [HIT] * 3)),
-                          0.95)
-    one_miss = add_targets(pd.DataFrame(_case("1MB", [HIT] * 3)
-                                        + _case("2MB", [HIT, MISS, MISS])), 0.95)
-    stats = arm_stats(one_miss).set_index(["version", "arm"])
-    assert stats.loc[("2MB", "progressive"), "reached"] == 1
-    assert stats.loc[("2MB", "progressive"), "time_to_target_s"] == INF  # 2 of 3 missed
-    assert median_time([15.0, INF, 20.0]) == 20.0                       # 1 of 3 missed
-    good, bad = arm_summary(speedups(all_hit, reps=200)), arm_summary(speedups(one_miss,
-                                                                               reps=200))
-    assert good.geomean.iloc[0] == pytest.approx(2.0)
-    assert bad.reached.iloc[0] == 1 and bad.cases.iloc[0] == 2 and np.isnan(bad.geomean.iloc[0])
-    sentence = speedup_summary(bad, 0.95, "accuracy")
-    assert "1 of 2 cases reached" in sentence and "Geometric-mean speed-up" in sentence
-    assert "progressive resizing 2.00x" in speedup_summary(good, 0.95, "accuracy")
-    # the geometric mean itself drops nothing
-    assert geometric_mean([4.0, 1.0]) == pytest.approx(2.0)
-    assert geometric_mean([4.0, 0.0]) == 0.0 and geometric_mean([4.0, INF]) == INF
-
-
-def test_the_bootstrap_interval_covers_the_true_ratio():
-    """Lognormal times with medians 20 s and 10 s: the true speed-up is 2."""
+def _paired_study(ratios, arm="progressive", seeds=10, miss=(), **kw):
+    """A case whose arm is ``ratios[k]`` x faster than the baseline on seed k."""
     rng = np.random.default_rng(0)
-    draw = lambda median, n: median * rng.lognormal(0.0, 0.3, n)  # noqa: E731
-    point, replicates = bootstrap_speedup(draw(20, 60), draw(10, 60), reps=2000, seed=1)
-    lo, hi = percentile_interval(replicates)
-    assert lo < 2.0 < hi and lo < point < hi
-    covered = [lo < 2.0 < hi for lo, hi in
-               (percentile_interval(bootstrap_speedup(draw(20, 25), draw(10, 25), reps=400,
-                                                      seed=k)[1]) for k in range(100))]
-    assert np.mean(covered) >= 0.85
-    # one seed: a degenerate interval, no width
-    assert percentile_interval(bootstrap_speedup([20.0], [10.0], reps=50)[1]) == (2.0, 2.0)
+    rows = [_row("baseline", [.9, .9], 10.0, f"t{s}", seed=100 + s, role="target")
+            for s in range(2)]
+    for s in range(seeds):
+        spe = 10.0 * np.exp(rng.normal(0, .2))
+        rows.append(_row("baseline", [.2, .5, .9, .9, .9, .9], spe, f"b{s}", seed=s, **kw))
+        values = [.1] * 6 if s in miss else [.2, .5, .9, .9, .9, .9]
+        r = ratios if np.ndim(ratios) == 0 else ratios[s]
+        rows.append(_row(arm, values, spe / r, f"{arm}{s}", seed=s,
+                         flops_per_epoch=1e9 / r, **kw))
+    return pd.DataFrame(rows)
 
 
-def test_the_performance_profile_counts_cases_within_tau_of_the_fastest():
-    stats = pd.DataFrame([
-        {"arch": "a", "dataset": "d", "version": "1MB", "arm": c, "time_to_target_s": t}
-        for c, t in [("baseline", 10.0), ("progressive", 5.0), ("difficulty", INF)]] + [
-        {"arch": "a", "dataset": "d", "version": "2MB", "arm": c, "time_to_target_s": t}
-        for c, t in [("baseline", 10.0), ("progressive", 20.0), ("difficulty", 10.0)]])
-    profile = performance_profile(stats, [1.0, 1.5, 2.0, 4.0])
-    assert list(profile.columns) == ["baseline", "progressive", "difficulty"]  # registry order
-    assert profile.loc[1.0].tolist() == [0.5, 0.5, 0.5]
-    assert profile.loc[1.5].tolist() == [0.5, 0.5, 0.5]
-    assert profile.loc[2.0].tolist() == [1.0, 1.0, 0.5]
-    assert profile.loc[4.0, "difficulty"] == 0.5  # its miss never counts
+def test_a_paired_speedup_is_found_faster_and_a_miss_only_widens_it():
+    df = add_targets(_paired_study(1.5), 0.95)
+    table = comparisons(df, Protocol(), reps=500).set_index("arm")
+    r = table.loc["progressive"]
+    assert r.flops == pytest.approx(1.5, rel=1e-6) and r.verdict == "faster"
+    assert r.flops_lo > 1 and r.primary and r.reached == 10 and r.baseline_reached == 10
+    assert r.val_n == 200 and r.val_se == 0.03 and r.target_source == "target seeds"
+    missed = add_targets(_paired_study(1.5, miss=(3,)), 0.95)
+    m = comparisons(missed, Protocol(), reps=500).set_index("arm").loc["progressive"]
+    assert m.reached == 9 and np.isfinite(m.flops_hi) and m.flops_lo > 0   # never [0, inf]
 
 
-def test_perplexity_targets_and_times_count_down():
-    """Lower is better: the target is the baseline's best / 0.95, reached at or below it."""
-    h = _hist([300.0, 90.0, 60.0, 55.0], 2.0)
-    assert time_to_target(h, 62.0, higher_is_better=False)[:2] == (3.0, 6.0)
-    assert time_to_target(h, 50.0, higher_is_better=False)[1] == INF
-    ppl = dict(task="nlp", metric="perplexity", higher_is_better=False, arch="gpt1",
-               dataset="bookcorpus", version="100KB", preset="micro")
-    df = pd.DataFrame([
-        _row("baseline", [300.0, 90.0, 60.0, 57.0], 10.0, "b", **ppl),
-        _row("progressive", [280.0, 70.0, 59.0, 58.0], 8.0, "p", **ppl),
-    ]).assign(best_val=[57.0, 58.0])
-    df = add_targets(df, 0.95)
-    assert df.target.iloc[0] == pytest.approx(57.0 / 0.95)  # 60.0
-    table = speedups(df, reps=100).set_index("arm")
-    assert table.loc["progressive", "baseline_s"] == 30.0   # 60.0 <= 60.0 at epoch 3
-    assert table.loc["progressive", "method_s"] == 24.0     # 59.0 at epoch 3
-    assert table.loc["progressive", "speedup"] == pytest.approx(1.25)
-    assert "micro preset" in study_label(df) and "width" not in study_label(df)
-    assert "perplexity / 0.95" in speedup_summary(arm_summary(speedups(df, reps=100)), 0.95,
-                                                "perplexity")
+def test_exploratory_comparisons_are_holm_adjusted_and_the_primary_is_not():
+    df = pd.concat([_paired_study(1.5), _paired_study(1.5, arm="difficulty").query(
+        "arm == 'difficulty'")])
+    table = comparisons(add_targets(df, 0.95), Protocol(primary_arm="progressive"),
+                        reps=500).set_index("arm")
+    assert table.loc["progressive", "primary"] and not table.loc["difficulty", "primary"]
+    assert table.loc["progressive", "flops_level"] == 0.95
+    assert table.loc["difficulty", "flops_level"] >= 0.95       # its Holm step
 
 
-def test_labels_name_sample_data_and_scaled_down_models():
+def test_the_baselines_reach_their_own_target():
+    rates = reach_rates(add_targets(_paired_study(1.0), 0.95)).iloc[0]
+    assert (rates.seeds, rates.reached, rates.rate) == (10, 10, 1.0)
+
+
+def test_the_frontier_saving_is_the_baselines_cost_at_the_arms_quality():
+    assert frontier_cost([(1.0, .5), (2.0, .7), (4.0, .8)], .75, True) == pytest.approx(3.0)
+    assert frontier_cost([(1.0, .5), (2.0, .7)], .9, True) == INF
+    assert frontier_cost([(1.0, .6), (2.0, .5), (4.0, .8)], .6, True) == 1.0   # monotone
+    rows = []
+    for s in range(6):
+        for b, q in ((0.25, .6), (0.5, .7), (1.0, .8)):
+            rows.append(_row("baseline", [.3, q], 10.0 * b, f"b{s}-{b}", seed=s, budget=b,
+                             role="main" if b == 1 else "frontier", flops_per_epoch=b * 1e9))
+        # the arm reaches the baseline's 50% quality (.7) with 25% of the full budget's FLOPs
+        rows.append(_row("progressive", [.3, .7], 2.5, f"p{s}", seed=s,
+                         flops_per_epoch=0.25e9))
+    savings = frontier_savings(add_targets(pd.DataFrame(rows), 0.9), Protocol(), reps=300)
+    r = savings.iloc[0]
+    assert r.budgets == [0.25, 0.5, 1.0] and r.pairs == 6
+    assert r.saving_flops == pytest.approx(2.0)   # the baseline needs 1e9 FLOPs, the arm 0.5e9
+
+
+def test_phase_a_picks_the_value_with_the_least_work_to_the_target():
+    rows = []
+    for seed in (500, 501):
+        for value, values, cost in ((0.05, [.3, .6, .8, .85], 1e9), (0.1, [.5, .8, .85, .85],
+                                    1e9), (0.2, [.1, .1, .1, .1], 1e9)):
+            rows.append(_row("baseline", values, 1.0, f"b{value}-{seed}", seed=seed,
+                             role="tuning", flops_per_epoch=cost, lr=value,
+                             varied=["lr"]))
+        for value, spe in ((0.25, 0.5), (0.5, 0.3), (0.75, 0.8)):
+            rows.append(_row("progressive", [.5, .8, .85, .85], spe, f"p{value}-{seed}",
+                             seed=seed, role="tuning", flops_per_epoch=spe * 1e9,
+                             start_scale=value, varied=["start_scale"]))
+    picks, grid = tuning_picks(pd.DataFrame(rows), Protocol())
+    assert picks == {"resnet18": {"caltech256": {"baseline": {"lr": 0.1},
+                                                 "progressive": {"start_scale": 0.5}}}}
+    assert grid[grid.picked].value.tolist() == [0.1, 0.5]
+    assert grid[(grid.arm == "baseline") & (grid.value == 0.2)].measure.iloc[0] == INF
+
+
+def test_the_label_names_sample_data_and_scaled_down_models():
     df = pd.DataFrame([_row("baseline", [.5], 1.0, "a")])
-    assert "sample data" in study_label(df) and "width 16 of 64" in study_label(df)
-    real = df.assign(data_source="https://example.org/x.tar", width=64)
-    assert "sample" not in study_label(real) and "scaled" not in study_label(real)
-
-
-def test_version_names_sort_by_size():
+    assert study_label(df) == ("Computed on embedded sample data with scaled-down models "
+                               "(width 16 of 64)")
     assert sorted(["1MB", "100KB", "100MB", "10MB"], key=version_bytes) == \
         ["100KB", "1MB", "10MB", "100MB"]
 
 
-DEFAULTS = {"task": "cv", "start_scale": 0.5, "delay_fraction": 0.2, "ramp_fraction": 0.5,
-            "size_step": 4, "start_competence": 0.25, "competence_fraction": 0.5}
-
-
-def _own(arm, settings):
-    """The knobs of ``arm`` among ``settings`` (a result records only its arm's own)."""
-    known = ARMS[arm]["cv"].defaults() if arm in ARMS else {}
-    return {k: v for k, v in settings.items() if k in known or k == "task"}
-
-
-def _result(name, arm, values, spe, budget=1.0, **params):
-    params = {**_own(arm, DEFAULTS), "arch": "resnet18", "dataset": "caltech256",
-              "version": "1MB", "arm": arm, "seed": 0, "budget": budget, "width": 16,
+def _result(name, arm, values, spe, *, seed=0, budget=1.0, flops=1e9, **params):
+    params = {"task": "cv", "arch": "resnet18", "dataset": "caltech256", "version": "1MB",
+              "arm": arm, "seed": seed, "budget": budget, "width": 16,
               "epochs": len(values), **params}
     return {"status": "complete", "run_name": name, "params": params, "model": "ResNet-18",
             "primary_metric": "accuracy", "higher_is_better": True, "best_val": max(values),
             "test": {"accuracy": values[-1]}, "data_source": "sample", "input_size": 32,
-            "input_unit": "px", "train_flops": len(values) * 1e9,
-            "history": _hist(values, spe)}
+            "input_unit": "px", "train_flops": len(values) * flops, "steps": len(values),
+            "history": _hist(values, spe, flops)}
 
 
-def _study(tmp_path, runs, jobs):
+def _study(tmp_path, runs, roles, picks=None):
+    """Result files and a plan (each run's roles) in ``tmp_path``, as a batch leaves them."""
     (tmp_path / "results").mkdir()
     for r in runs:
         (tmp_path / "results" / f"{r['run_name']}.json").write_text(json.dumps(r))
-    plan = {"label": "test", "method_defaults": DEFAULTS, "stages": {"method": jobs}}
+    params = {r["run_name"]: r["params"] for r in runs}
+    jobs = [{"id": ident, "params": params.get(ident, {}), "varied": [], "main": False,
+             "target": False, "frontier": False, **role} for ident, role in roles.items()]
+    plan = {"label": "test", "task": "cv", "method_defaults": {"task": "cv"},
+            "picks": picks or {}, "source": "test.yaml",
+            "stages": {"method": [j for j in jobs if not j["varied"]],
+                       "tuning": [j for j in jobs if j["varied"]]}}
     (tmp_path / "plan.json").write_text(json.dumps(plan))
+
+
+MAIN = {"main": True}
 
 
 def test_evaluation_reads_only_the_plans_runs(tmp_path):
     """A stale result of another plan in the same folder must not move the targets."""
     _study(tmp_path, [_result("base", "baseline", [.2, .5, .6], 2.0),
-                      _result("prog", "progressive", [.3, .55, .6], 1.0),
+                      _result("prog", "progressive", [.3, .55, .6], 1.0, flops=5e8),
                       _result("stale", "baseline", [.5, .9, .95], 2.0)],  # e.g. more epochs
-           [{"id": "base", "main": True, "varied": []},
-            {"id": "prog", "main": True, "varied": []}])
+           {"base": MAIN, "prog": MAIN})
     study = evaluate_study(task="cv", output_dir=str(tmp_path), target_fraction=0.9)
     assert study["runs"] == 2
     row = study["speedups"].iloc[0]
-    assert row.target == pytest.approx(0.54) and row.speedup == pytest.approx(3.0)
+    assert row.target == pytest.approx(0.9 * np.mean([.2, .5, .6]))   # smoothed, not .95
+    assert row.primary and np.isnan(row.speedup_lo)     # one seed pair: no interval
     with pytest.raises(FileNotFoundError, match="main runs for task 'nlp'"):
         evaluate_study(task="nlp", output_dir=str(tmp_path), target_fraction=0.9)
 
 
 def test_a_newly_registered_arm_appears_everywhere(tmp_path):
     """Nothing in chapter 4 lists the arms: a toy arm shows up in every table and figure,
-    after the registered ones, and its miss reads "not reached"."""
+    after the registered ones, in both media."""
     @register_arm
     @dataclass(frozen=True)
     class Toy(Arm):
         name, label, color, tasks = "toy", "toy arm", "#2ca02c", ("cv",)
     try:
-        runs = [_result("base", "baseline", [.2, .5, .6], 2.0),
-                _result("base50", "baseline", [.2, .5], 2.0, budget=0.5),
-                _result("prog", "progressive", [.3, .55, .6], 1.0),
-                _result("toy", "toy", [.1, .2, .3], 1.0),
-                _result("prog-s25", "progressive", [.2, .5, .58], 1.0, start_scale=0.25)]
-        _study(tmp_path, runs, [
-            {"id": "base", "main": True, "varied": []},
-            {"id": "base50", "main": False, "frontier": True, "varied": []},
-            {"id": "prog", "main": True, "varied": ["start_scale"]},
-            {"id": "prog-s25", "main": False, "varied": ["start_scale"]},
-            {"id": "toy", "main": True, "varied": []}])
+        runs, roles = [], {}
+        for s in range(3):
+            runs += [_result(f"base{s}", "baseline", [.2, .5, .6, .6], 2.0, seed=s),
+                     _result(f"base50-{s}", "baseline", [.2, .5], 2.0, seed=s, budget=0.5),
+                     _result(f"prog{s}", "progressive", [.3, .55, .6, .6], 1.0, seed=s,
+                             flops=5e8),
+                     _result(f"toy{s}", "toy", [.1, .2, .3, .3], 1.0, seed=s)]
+            roles.update({f"base{s}": MAIN, f"base50-{s}": {"frontier": True},
+                          f"prog{s}": MAIN, f"toy{s}": MAIN})
+        runs += [_result("tune-lr", "baseline", [.2, .5, .6], 2.0, seed=500, lr=0.1),
+                 _result("tune-s", "progressive", [.3, .55, .6], 1.0, seed=500,
+                         start_scale=0.25)]
+        roles.update({"tune-lr": {"varied": ["lr"]}, "tune-s": {"varied": ["start_scale"]}})
+        _study(tmp_path, runs, roles)
+        from speedup.protocol import select_settings
+        picks = select_settings(task="cv", output_dir=str(tmp_path), target_fraction=0.9)
+        assert picks["picks"]["resnet18"]["caltech256"] == {
+            "baseline": {"lr": 0.1}, "progressive": {"start_scale": 0.25}}
         study = evaluate_study(task="cv", output_dir=str(tmp_path), target_fraction=0.9)
         assert list(study["speedups"].arm) == ["progressive", "toy"]
         table = (tmp_path / "tables" / "speedup.md").read_text()
-        assert "| toy arm | 0/1 |" in table and "not reached" in table
-        assert "toy arm: 0 of 1 cases reached" in table
-        assert "Geometric-mean speed-up" in table and "sample data" in table
-        assert (tmp_path / "tables" / "speedup_detail.md").exists()
-        for name in ("schedule", "tuning", "convergence", "epochs_to_target",
-                     "final_performance", "time_to_target", "speedup", "frontier",
-                     "frontier_case", "performance_profile"):
+        assert "| toy arm | exploratory" in table and "**primary**" in table
+        assert "Primary comparison, fixed before the runs" in table and "sample data" in table
+        for name in ("schedule", "tuning", "convergence", "final_performance", "curves",
+                     "reached", "speedup", "frontier"):
             assert study["figures"][name].stat().st_size > 10_000, name
-        assert "replicates" not in pd.read_csv(tmp_path / "results" / "speedups.csv")
+        for name in ("schedule", "tuning", "speedup", "case", "final_performance",
+                     "cases_resnet18", "frontier"):
+            assert study["slides"][name].stat().st_size > 10_000, name
+        for name in ("speedup_detail", "frontier", "tuning", "informative", "evidence"):
+            assert (tmp_path / "tables" / f"{name}.md").exists(), name
+        assert "**0.25** (picked)" in (tmp_path / "tables" / "tuning.md").read_text()
     finally:
         ARMS.pop("toy", None)
 
@@ -256,8 +247,9 @@ def test_a_newly_registered_arm_appears_everywhere(tmp_path):
 
 from scipy.stats import spearmanr  # noqa: E402
 
-from speedup.train import EXAMPLES_SUFFIX, save_examples
-from speedup.evaluation import difficulty_check, difficulty_markdown
+from speedup.protocol import difficulty_check  # noqa: E402
+from speedup.tables import difficulty_markdown  # noqa: E402
+from speedup.train import EXAMPLES_SUFFIX, save_examples  # noqa: E402
 
 
 def _records(tmp_path, name, **arrays):
@@ -317,7 +309,7 @@ def test_evaluation_writes_the_difficulty_check_and_skips_old_results(tmp_path, 
     runs = [_result("base", "baseline", [.2, .5, .6], 2.0),
             _result("diff", "difficulty", [.3, .55, .6], 1.0),
             _result("anti", "anti", [.1, .4, .6], 1.0)]
-    _study(tmp_path, runs, [{"id": r["run_name"], "main": True, "varied": []} for r in runs])
+    _study(tmp_path, runs, {r["run_name"]: MAIN for r in runs})
     _records(tmp_path, "base", loss=known ** 2, known=known)
     _records(tmp_path, "diff", score=known[::-1], known=known)   # "anti" has none: old
     study = evaluate_study(task="cv", output_dir=str(tmp_path), target_fraction=0.9)
@@ -330,37 +322,37 @@ def test_evaluation_writes_the_difficulty_check_and_skips_old_results(tmp_path, 
     assert study["figures"]["difficulty_check"].stat().st_size > 10_000
 
 
-def test_the_evidence_headline_counts_each_verdict_and_the_deck_quotes_it(tmp_path):
-    """EVIDENCE.md's claim markers hold a headline short enough for the conclusion slide:
-    the flagship's cases counted by verdict and its clearest case; every arm's claim in
-    full follows as a list, and publishing keeps the other pair's section."""
-    from render_slides import evidence_claim
-    from speedup.evaluation import evidence_markdown, headline_sentence, publish_evidence
-    cases = [("resnet18", "caltech256", 1.5, 1.2, 1.9, 5), ("vgg11_bn", "caltech256", 1.1, 0.8,
-             1.6, 5), ("resnet18", "voc2012", 0.5, 0.4, 0.7, 5), ("vgg11_bn", "voc2012", 0, 0, 0,
-             1)]
-    ev = pd.DataFrame([{"arch": a, "dataset": d, "version": "100KB", "metric": "accuracy",
-                        "arm": arm, "seeds": 5, "reached": reached,
-                        "baseline_seeds": 5, "baseline_reached": 5, "baseline_s": 10.0,
-                        "method_s": 10 / s if s else INF, "speedup": s, "speedup_lo": lo,
-                        "speedup_hi": hi, "flops_speedup": s, "flops_lo": lo,
-                        "flops_hi": hi, "gap": 0.0, "gap_lo": -0.01, "gap_hi": 0.01}
-                       for arm in ("progressive", "difficulty")
-                       for a, d, s, lo, hi, reached in cases])
-    head = headline_sentence(ev, "progressive", True, "cv")
-    assert head.startswith("Progressive resizing (sample data, scaled-down models, 5+ seeds)")
-    for part in ("faster in 1", "not distinguishable from 1x in 1", "slower in 1",
-                 "missed the target in 1 of 4 cases",
-                 "best: ResNet-18, Caltech-256 100 KB, 1.50x [1.20, 1.90]"):
-        assert part in head
-    assert len(head.split()) < 45  # a slide's sentence; the full claims run to 80+ words
-    (tmp_path / "out" / "tables").mkdir(parents=True)
-    (tmp_path / "out" / "tables" / "evidence.md").write_text(
-        evidence_markdown(ev, "Sample data", "cv", 0.95, True))
+def test_the_evidence_states_its_provenance_the_primary_result_and_the_aa_check(tmp_path):
+    """EVIDENCE.md's section of a pair names its profile and commit, quotes the primary
+    comparison between the markers the deck reads, says whether the A/A interval holds 1,
+    and publishing keeps the other pair's section."""
+    from speedup.deck import evidence_claim
+    from speedup.evidence import publish_evidence
+    runs, roles = [], {}
+    rng = np.random.default_rng(3)
+    for s in range(8):
+        spe = 2.0 * np.exp(rng.normal(0, .2))
+        runs += [_result(f"base{s}", "baseline", [.2, .5, .6, .6, .6], spe, seed=s),
+                 _result(f"prog{s}", "progressive", [.2, .5, .6, .6, .6], spe / 1.6, seed=s,
+                         flops=1e9 / 1.6),
+                 _result(f"aa{s}", "aa", [.2, .5, .6, .6, .6],
+                         spe * np.exp(rng.normal(0, .1)), seed=s)]
+        roles.update({f"base{s}": MAIN, f"prog{s}": MAIN, f"aa{s}": MAIN})
+    runs += [_result(f"t{s}", "baseline", [.2, .5, .6, .6, .6], 2.0, seed=100 + s)
+             for s in range(3)]
+    roles.update({f"t{s}": {"target": True} for s in range(3)})
+    (tmp_path / "out").mkdir()
+    _study(tmp_path / "out", runs, roles)
+    evaluate_study(task="cv", output_dir=str(tmp_path / "out"), target_fraction=0.9)
+    section = (tmp_path / "out" / "tables" / "evidence.md").read_text()
+    assert "Profile `test.yaml`, code `" in section
+    assert "A/A check" in section and "holds 1 in 1 of 1 cases" in section
     evidence = tmp_path / "EVIDENCE.md"
     evidence.write_text("## Text pair (nlp)\n\n<!-- claim:nlp -->kept<!-- /claim -->\n")
-    text = publish_evidence(str(tmp_path / "out"), str(evidence))
-    assert evidence_claim("cv", evidence) == head
-    assert evidence_claim("nlp", evidence) == "kept"
-    assert text.count("- On the embedded sample data") == 2  # both arms' full claims
-    assert "difficulty curriculum" in text and "missed the target in 4 of 5 seeds for VGG" in text
+    publish_evidence(str(tmp_path / "out"), str(evidence))
+    head = evidence_claim("cv", evidence.read_text())
+    assert head.startswith("Progressive resizing (sample data, scaled-down models, 8 seed "
+                           "pairs, primary comparison) reached the target with 1.60x fewer "
+                           "FLOPs [")
+    assert evidence_claim("nlp", evidence.read_text()) == "kept"
+    assert len(head.split()) < 45

@@ -21,12 +21,12 @@ import torch
 import yaml
 
 import run_batch
-from speedup.evaluation import (
-    add_targets, evaluate_study, load_examples, load_plan, load_results, with_roles,
-)
+from speedup.protocol import add_targets, load_examples
+from speedup.report import evaluate_study
+from speedup.results import load_plan, load_results, with_roles
 from speedup.study import (BatchLocked, batch_lock, diverged_runs, finished_runs, is_complete,
                            outputs_intact, plan_jobs)
-from speedup.train import Checkpoint, RunConfig, read_result, run_training
+from speedup.train import Checkpoint, RunConfig, run_training
 from speedup.files import DiskFullError, write_json
 from speedup.data import UnknownVersionError, read_manifest
 from test_evaluation import _result, _study   # the synthetic study of chapter 4's tests

@@ -1,5 +1,6 @@
 """The chapters are clean sources; speedup.ipynb is their faithful, current merge."""
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ import pytest
 
 import merge_notebook
 import nbexport
+from speedup.deck import SOURCE_FILES
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = sorted((ROOT / "chapters").glob("[0-9][0-9]_*.ipynb"))
@@ -49,7 +51,7 @@ def test_export_cells_define_and_leave_their_demos_to_the_next_cell(path):
 def test_importing_the_chapters_builds_no_model_and_leaves_transformers_out():
     """The image jobs import chapter 3 (and through it chapters 1-2) without paying for
     transformers, which only the text pair's model builder imports."""
-    code = ("import sys, speedup.evaluation; "
+    code = ("import sys, speedup.report; "
             "print('transformers' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                           text=True, check=True)
@@ -67,9 +69,47 @@ def test_merged_notebook_is_current_and_valid():
     assert all(c.outputs == [] for c in nb.cells if c.cell_type == "code")
 
 
+def _parameters(nb) -> dict:
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    return {t.id: ast.literal_eval(node.value) for node in ast.parse(cell.source).body
+            if isinstance(node, ast.Assign) for t in node.targets}
+
+
+def test_a_student_opens_a_guide_the_parameters_and_folded_chapters():
+    """Colab shows the "Run it" guide first, then the parameters; the defaults are the
+    colab profile with Drive on where Colab runs; each chapter's section is folded and its
+    library cells are titled forms; every link is one Colab follows; the estimate comes
+    before the first download (the data stage) and the deck is written last."""
+    nb = nbformat.read(ROOT / "speedup.ipynb", as_version=4)
+    guide = nb.cells[0].source
+    assert "## Run it" in guide and "T4 GPU" in guide and "Run all" in guide
+    assert "File -> Download" in guide and "presenters" in guide
+    assert (ROOT / "docs" / "times.md").read_text().split("\n\n", 1)[1].strip() in guide
+    assert nb.cells[1].id == "gen-parameters"
+    params = _parameters(nb)
+    assert params["profile"] in ("colab", "smoke") and params["use_drive"] == "auto"
+    drive = next(c for c in nb.cells if c.id == "gen-drive").source
+    assert 'if use_drive == "auto":\n    use_drive = on_colab' in drive
+    ids = [c.id for c in nb.cells]
+    folded = nb.metadata["colab"]["collapsed_sections"]
+    assert len(folded) == len(CHAPTERS) and all(f in ids for f in folded)
+    library = [c for c in nb.cells[2:] if c.source.startswith(merge_notebook.FORM)]
+    assert library and all(c.metadata["cellView"] == "form" for c in library)
+    assert len(library) == sum(nbexport.cell_marker(c) == nbexport.EXPORT for path in CHAPTERS
+                               for c in nbformat.read(path, as_version=4).cells)
+    links = re.findall(r"\]\((#[^)]*)\)", "\n".join(c.source for c in nb.cells
+                                                  if c.cell_type == "markdown"))
+    assert links and all(link.startswith("#scrollTo=") and link[10:] in ids for link in links)
+    assert ids.index("gen-estimate") < ids.index("gen-data_prep-run")
+    assert ids.index("gen-deck") == len(ids) - 3 and ids[-1] == "gen-finish"
+    sources = [c for c in nb.cells if c.id == "gen-deck-sources" or
+               c.id.startswith("gen-source-")]
+    assert len(sources) == 1 + len(SOURCE_FILES)
+
+
 def test_merged_notebook_holds_each_definition_once():
     merged = nbformat.read(ROOT / "speedup.ipynb", as_version=4)
-    sources = [c.source for c in merged.cells]
+    sources = [merge_notebook.library_source(c) for c in merged.cells]
     for path in CHAPTERS:
         for cell in nbformat.read(path, as_version=4).cells:
             if nbexport.cell_marker(cell) == nbexport.EXPORT:
@@ -77,7 +117,7 @@ def test_merged_notebook_holds_each_definition_once():
     markers = {nbexport.cell_marker(c) for c in merged.cells}
     assert nbexport.PER_RUN not in markers and nbexport.CHAPTER_IMPORT not in markers
     loops = [c.source for c in merged.cells if c.id.endswith("-run")]
-    assert len(loops) == 4 and all("run_plan(PLAN, output_dir, RUN_HERE" in s for s in loops)
+    assert len(loops) == 6 and all("run_plan(PLAN, output_dir, RUN_HERE" in s for s in loops)
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
@@ -102,13 +142,14 @@ def test_no_cell_of_the_merged_notebook_rebinds_a_definition():
         if cell.cell_type != "code":
             continue
         names = set()
-        for node in ast.parse(cell.source).body:
+        source = merge_notebook.library_source(cell)
+        for node in ast.parse(source).body:
             if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
                 names.add(node.name)
             elif isinstance(node, ast.Assign):
                 names |= {n.id for t in node.targets for n in ast.walk(t)
                           if isinstance(n, ast.Name)}
-        if nbexport.cell_marker(cell) == nbexport.EXPORT:
+        if source.startswith(nbexport.EXPORT):
             exported |= names
         else:
             clashes += [(cell.id, n) for n in names & exported]

@@ -348,9 +348,9 @@ def test_the_three_resize_modes_do_what_their_sources_do():
     crop = shrink(x + torch.arange(16.0).view(1, 1, 1, 16), 8, "crop")
     assert crop.shape == (2, 3, 8, 8)
     # a crop is an exact sub-block of the batch, the same one for every image
-    found = [(t, l) for t in range(9) for l in range(9)
-             if torch.equal((x + torch.arange(16.0).view(1, 1, 1, 16))[:, :, t:t + 8, l:l + 8],
-                            crop)]
+    shifted = x + torch.arange(16.0).view(1, 1, 1, 16)
+    found = [(t, left) for t in range(9) for left in range(9)
+             if torch.equal(shifted[:, :, t:t + 8, left:left + 8], crop)]
     assert len(found) >= 1
 
 
@@ -367,7 +367,6 @@ def test_the_anti_curriculum_paces_the_same_pool_from_the_hardest_end():
 
 # ------------------------------------------------- per-example records (the difficulty check)
 
-import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from scipy.stats import spearmanr  # noqa: E402

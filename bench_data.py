@@ -3,9 +3,10 @@
 `make bench-data` runs it. It writes a synthetic archive in Caltech-256's layout with the
 real image count and size distribution (30,607 JPEGs, ~39 KB each, 256 classes + clutter,
 80-827 images per class; `--images` scales the count down), then times the chapter's own
-code (`read_caltech256` + `build_size_versions`, imported from chapters/01_data_prep.ipynb)
-building the cv-full profile's versions (1 MB / 10 MB / 100 MB at 32 / 64 / 128 px, JPEG
-quality 75) on all cores, and Pillow's `draft` against a plain decode on one core.
+code (`read_caltech256` + `build_size_versions` of `speedup.data`, exported from
+chapters/01_data_prep.ipynb) building the cv-full profile's versions (1 MB / 10 MB /
+100 MB at 32 / 64 / 128 px, JPEG quality 75) on all cores, and Pillow's `draft` against a
+plain decode on one core.
 Figures go to BENCHMARKS.md and, as data, to _output/bench/data_prep.json.
 """
 from __future__ import annotations

@@ -11,8 +11,8 @@ versions of BookCorpus and Yahoo Answers, cut from full-size synthetic corpora.
 - a Yahoo Answers CSV release look-alike (`yahoo_answers_csv/{train,test}.csv`, 1.4 M +
   60 k rows, ~780 MB) drawn the same way from the chapter's sample rows.
 
-Each measurement runs the chapter's own `prepare_dataset` (imported from
-chapters/01_data_prep.ipynb) in a fresh child process, which reports its peak resident
+Each measurement runs the chapter's own `prepare_dataset` (speedup.prepare, exported
+from chapters/01_data_prep.ipynb) in a fresh child process, which reports its peak resident
 memory (`ru_maxrss`) and wall time. Figures go to BENCHMARKS-text-data.md and, as data, to
 _output/bench/text_data.json. Target: peak memory <= 3 GB (Colab's free runtime has 12.7).
 """
@@ -149,7 +149,10 @@ CHILD = textwrap.dedent("""
         manifests = prepare_dataset({dataset!r}, {source!r}, {sizes!r}, {{}}, 85,
                                     [0.7, 0.15, 0.15], False, 0, {out!r}, {cache!r},
                                     show=False)
-        result = {{"versions": {{v: {{"bytes": m["bytes"], "items": m["n_items"]["total"]}}
+        from speedup.data import version_dir
+        result = {{"versions": {{v: {{"bytes": m["bytes"], "items": m["n_items"]["total"],
+                                    "files": sum(p.is_file() for p in version_dir(
+                                        {out!r}, {dataset!r}, v).rglob("*"))}}
                                 for v, m in manifests.items()}}}}
     result["wall_s"] = round(time.perf_counter() - started, 2)
     result["import_s"] = round(import_s, 2)
@@ -237,8 +240,9 @@ def render(r: dict) -> str:
         "run.*",
         "",
         "Each row is one fresh Python process running the data chapter's own code "
-        "(`prepare_dataset`, imported from `chapters/01_data_prep.ipynb`) to build the 1 MB, "
-        "10 MB and 100 MB versions; *peak memory* is that process's `ru_maxrss`. "
+        "(`prepare_dataset` of `speedup.prepare`, exported from "
+        "`chapters/01_data_prep.ipynb`) to build the 1 MB, 10 MB and 100 MB versions; "
+        "*peak memory* is that process's `ru_maxrss`. "
         f"Machine: {r['machine']}; load average {r['load_average_at_start']} at the start, "
         f"{r['load_average_at_end']} at the end (other work on the machine slows the "
         "times, not the memory). The corpora are synthetic, in the real on-disk formats, "
@@ -268,11 +272,13 @@ def render(r: dict) -> str:
                      f"| {y['corpus_bytes'] / 1e6:.0f} MB, {rows / 1e6:.2f} M rows "
                      f"| {run['wall_s']:.1f} s | {rows / run['wall_s'] / 1e3:.0f} k "
                      f"| **{run['peak_rss_mb']:,.0f} MB** |")
-    lines += ["", "| dataset | version | bytes stored | lines / rows |", "|---|---|---:|---:|"]
+    lines += ["", "| dataset | version | bytes stored | lines / rows | files on disk |",
+              "|---|---|---:|---:|---:|"]
     for name, runs in (("BookCorpus", b["first_run"]),
                        ("Yahoo Answers", r.get("yahoo", {}).get("first_run"))):
         for v, m in (runs or {}).get("versions", {}).items():
-            lines.append(f"| {name} | {v} | {m['bytes']:,} | {m['items']:,} |")
+            lines.append(f"| {name} | {v} | {m['bytes']:,} | {m['items']:,} "
+                         f"| {m.get('files', '?')} |")
     lines += ["", f"Target: peak memory <= 3 GB while building the largest versions. "
               f"BookCorpus is read as a stream (an index of every 100,000th line's offset), "
               f"so its memory does not grow with the corpus; the real 4.85 GB corpus only "

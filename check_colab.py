@@ -9,8 +9,9 @@ the current `speedup.ipynb` into a fresh empty folder and runs it there with pap
 as Colab would run it: `-p profile demo` (cv) and `-p task nlp -p profile demo
 -p output_dir _output_nlp` (nlp). It checks that each executed notebook has no error
 output and no failed job, that every run of the plan completed, and that the figures,
-tables/speedup.md and results exist; it prints each run's wall time, any traceback or
-warning the notebook printed, and Colab's package versions against those installed.
+tables/speedup.md, the deck (slides.pptx) and results exist; it prints each run's wall
+time, any traceback or warning the notebook printed, and Colab's package versions
+against those installed.
 The run folders are left in /tmp for inspection. Exits 1 if a check fails. papermill,
 nbclient, ipykernel and pyyaml are in the venv only to drive the notebook; the notebook
 itself imports none of them.
@@ -42,8 +43,8 @@ COLAB = {"python": "3.13", "torch": "2.11", "torchvision": "0.26", "transformers
          "huggingface-hub": "?", "scipy": "?", "papermill": "(not used)"}
 TASKS = {"cv": {"profile": "demo"},
          "nlp": {"task": "nlp", "profile": "demo", "output_dir": "_output_nlp"}}
-FIGURES = ("tuning", "convergence", "epochs_to_target", "final_performance",
-           "time_to_target", "speedup", "schedule")
+FIGURES = ("schedule", "tuning", "convergence", "curves", "reached", "speedup",
+           "final_performance", "frontier")
 
 
 def colab_python() -> str:
@@ -137,8 +138,10 @@ def run_task(notebook: Path, task: str) -> tuple[float, list[str]]:
         if not (out / "figures" / f"{name}.png").exists():
             problems.append(f"missing figure {name}.png")
     table = out / "tables" / "speedup.md"
-    if not table.exists() or "Geometric-mean speed-up" not in table.read_text():
-        problems.append("tables/speedup.md missing or without its geometric mean")
+    if not table.exists() or "Primary comparison" not in table.read_text():
+        problems.append("tables/speedup.md missing or without its primary comparison")
+    if not (out / "slides.pptx").is_file():
+        problems.append("no slides.pptx: the notebook's deck cell wrote no deck")
     if not plan:
         problems.append("no plan.json")
     print(f"[{task}] {seconds:.0f} s, {len(plan.get('stages', {}).get('method', []))} "

@@ -47,8 +47,18 @@ STAGE_TITLES = {"data_prep": "Data: the three versions of each dataset (chapter 
                               "work? (chapter 4)"}
 # Packages the chapters import that a stock Colab runtime does not have, and the deck's
 # renderer (pandoc, bundled) and its PowerPoint library.
-COLAB_EXTRAS = ["iterative-stratification==0.1.9", "pypandoc-binary==1.15",
-                "python-pptx==1.0.2"]
+def pinned(names: list[str], requirements: Path = ROOT / "requirements.txt") -> list[str]:
+    """``name==version`` of each of ``names`` as requirements.txt pins it."""
+    pins = dict(line.split("#")[0].strip().split("==", 1) for line in
+                requirements.read_text().splitlines() if "==" in line.split("#")[0])
+    missing = [n for n in names if n not in pins]
+    if missing:
+        raise ValueError(f"{requirements}: no pin for {', '.join(missing)}")
+    return [f"{n}=={pins[n]}" for n in names]
+
+
+# What Colab lacks: pip-installed by the setup cell, at this checkout's own pins.
+COLAB_EXTRAS = pinned(["iterative-stratification", "pypandoc-binary", "python-pptx"])
 TIMES = ROOT / "docs" / "times.md"   # every GPU profile's time: README and notebook quote it
 
 

@@ -22,7 +22,7 @@ package ``speedup/`` must match the chapters (``make sync``), else the batch ref
 
 Where jobs run: ``--executor local`` (default) runs them in a process pool on this
 machine, each pinned to one of its GPUs (if any); ``dask`` and ``submitit`` hand the
-same jobs to a Dask cluster or to SLURM (README: "Running at scale").
+same jobs to a Dask cluster or to SLURM (docs/scale-out.md).
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ import hashlib
 import heapq
 import importlib
 import json
+import multiprocessing
 import os
 import shutil
 import socket
@@ -276,12 +277,15 @@ def open_engine(executor: str, workers: int, output_dir: str, cluster: str | Non
         slots, threads = [None] * workers, None
     options = options or {}
     if executor == "local":
-        with cf.ProcessPoolExecutor(len(slots)) as pool:
+        # spawned, not forked: a fork copies no threads, so a child of a process that ran a
+        # notebook in-process (nbclient's event-loop thread) or touched CUDA would hang or fail
+        spawn = multiprocessing.get_context("spawn")
+        with cf.ProcessPoolExecutor(len(slots), mp_context=spawn) as pool:
             yield (lambda job, device: pool.submit(execute, job, out, threads, device)), slots
         return
     # workers import run_batch from this checkout (a local cluster's, and SLURM jobs
     # through sbatch's default --export=ALL, inherit the variable; remote Dask workers are
-    # started with it: README)
+    # started with it: docs/scale-out.md)
     path = os.environ.get("PYTHONPATH", "")
     if str(ROOT) not in path.split(os.pathsep):
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), path]))

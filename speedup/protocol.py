@@ -369,9 +369,10 @@ def arm_stats(df: pd.DataFrame) -> pd.DataFrame:
 
 # ---- chapters/04_evaluation.ipynb, cell 04-008n
 def tuning_runs(df: pd.DataFrame) -> pd.DataFrame:
-    """Phase A's runs, one row per grid line a run sits on, with the value it sets."""
+    """Phase A's runs, one row per grid line a run sits on, with the value it sets (of
+    the setting's own type: an integer stays one)."""
     out = df[df.tuning].explode("varied") if "tuning" in df else df.iloc[:0]
-    return out.assign(value=[r[r.varied] for _, r in out.iterrows()])
+    return out.assign(value=[r.params[r.varied] for _, r in out.iterrows()])
 
 
 def tuning_target(grid: pd.DataFrame, target_fraction: float) -> float:
@@ -392,7 +393,8 @@ def tuning_picks(df: pd.DataFrame, protocol: Protocol) -> tuple[dict, pd.DataFra
     """Each tuning case's picks ({arch: {dataset: {arm: {setting: value}}}}) and the grid's
     table: per architecture, dataset, arm, setting and value, the median measure to the
     tuning target, the median final validation score, and which value was picked (the
-    least measure; ties broken by the better final score)."""
+    least measure; ties broken by the better final score). A setting whose every value
+    diverged gets no pick."""
     grid, picks, rows = tuning_runs(df), {}, []
     column = MEASURES[protocol.primary_measure]
     for (arch, dataset), g in grid.groupby(["arch", "dataset"], sort=True):
@@ -406,6 +408,8 @@ def tuning_picks(df: pd.DataFrame, protocol: Protocol) -> tuple[dict, pd.DataFra
             points = line.groupby("value").agg(
                 measure=(column, lambda t: float(np.median(t))),
                 final_val=("final_val", "median"), seeds=("run_name", "size"))
+            if points.final_val.isna().all():   # every point diverged: none to pick
+                continue                          # (the arm is named untuned)
             order = points.assign(rank=-points.final_val if up else points.final_val)
             chosen = order.sort_values(["measure", "rank"]).index[0]
             picks.setdefault(arch, {}).setdefault(dataset, {}).setdefault(arm, {})[hp] = (

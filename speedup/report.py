@@ -86,8 +86,8 @@ def evaluate_study(*, task: str, output_dir: str, target_fraction: float = 0.95,
     for name, text in texts.items():
         write_text(tables / name, text)
     slides = slide_material(df, stats, table, context) if len(table) else {}
-    df.drop(columns=["history"]).to_csv(Path(output_dir, "results", "summary.csv"),
-                                        index=False)
+    df.drop(columns=["history", "params"]).to_csv(Path(output_dir, "results", "summary.csv"),
+                                                  index=False)
     table.to_csv(Path(output_dir, "results", "speedups.csv"), index=False)
     return {"label": label, "runs": len(df), "speedups": table, "figures": figures,
             "frontier": savings, "informative": informative_ranges(df),

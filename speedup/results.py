@@ -118,14 +118,15 @@ def result_row(r: dict) -> dict:
             "test": np.nan if diverged else r["test"][r["primary_metric"]],
             **{f"test_{name}": value for name, value in r.get("test", {}).items()},
             "higher_is_better": r.get("higher_is_better", True),
-            "classes": r.get("classes", 0), "chance": r.get("chance", np.nan),
+            "classes": r.get("classes", 0), "chance": r.get("chance") or np.nan,
             "unigram_val": r.get("unigram_perplexity", {}).get("val", np.nan),
             "data_source": r.get("data_source"), "input_size": r.get("input_size"),
             "input_unit": r.get("input_unit", "px"), "history": h,
             "val_n": last.get("n", np.nan), "val_se": last.get("se", np.nan),
             "train_time_s": end["train_time_s"],
             "train_flops": r.get("train_flops", end.get("train_flops", np.nan)),
-            "horizon_s": time_h, "horizon_flops": flops_h}
+            "horizon_s": time_h, "horizon_flops": flops_h,
+            "params": r["params"]}   # as the run had them: a column turns ints into floats
 
 
 def load_results(output_dir: str) -> pd.DataFrame:

@@ -79,8 +79,12 @@ def findings(df: pd.DataFrame, stats: pd.DataFrame, table: pd.DataFrame, context
         f"reaches the full {full} {unit} at {at_full:.0%} of training" if at_full is not None
         else f"never reaches the full {full} {unit}"))
     grid = context["grid"]
-    if len(grid):
-        picked = grid[grid.picked & (grid.arm == arm)]
+    picked = grid[grid.picked & (grid.arm == arm)] if len(grid) else grid
+    if len(grid) and not len(picked):   # tuned arms, but not this one
+        titles["tuning"] = f"Phase A picked no setting of {name}: it ran untuned"
+        titles["convergence"] = "Phase A's grids: validation over epochs"
+        out["tuned"] = None
+    elif len(grid):
         values = [fmt_value(v) for v in picked.value]
         chosen = (f"{values[0]} in all {len(values)} tuning cases" if len(set(values)) == 1
                   else and_list([f"{v} ({tuning_case_title(r.arch, r.dataset)})"

@@ -37,11 +37,11 @@ __all__ = [
     'training_runs', 'finished_runs', 'diverged_runs', 'blocked_by', 'picks_path',
     'apply_picks', 'resolve_picks', 'last_line', 'failure_summary', 'finish', 'JOB_SIZES',
     'case_of', 'plan_jobs', 'status_path', 'outputs_intact', 'is_complete', 'disk_was_full',
-    'job_status', 'in_this_kernel', 'run_jobs', 'run_plan', 'run_stage', 'legacy_results',
-    'LOCK_NAME', 'BatchLocked', 'batch_lock', 'run_config', 'run_work', 'plan_counts',
-    'run_costs', 'measure_throughput', 'speed_key', 'estimate_study', 'SESSION_HOURS',
-    'RESULT_BYTES', 'OPTIMIZER_STATES', 'study_needs', 'ASSUMED_T4_TFLOPS', 'times_row',
-    'times_markdown', 'needs_sentence', 'study_status',
+    'job_status', 'in_this_kernel', 'run_jobs', 'run_plan', 'REDONE', 'run_stage',
+    'legacy_results', 'LOCK_NAME', 'BatchLocked', 'batch_lock', 'run_config', 'run_work',
+    'plan_counts', 'run_costs', 'measure_throughput', 'speed_key', 'estimate_study',
+    'SESSION_HOURS', 'RESULT_BYTES', 'OPTIMIZER_STATES', 'study_needs', 'ASSUMED_T4_TFLOPS',
+    'times_row', 'times_markdown', 'fmt_duration', 'needs_sentence', 'study_status',
 ]
 
 
@@ -630,12 +630,16 @@ def run_plan(plan: dict, output_dir, start, *, slots=(None,), stages=STAGES,
     return statuses
 
 
+# Stages cheap enough, and reading enough of the others' outputs, to be redone every time:
+# the selection (a tuning run retried since changes the picks) and the evaluation.
+REDONE = ("selection", "evaluation")
+
+
 def run_stage(jobs, out, start, slots, statuses, plan, code) -> None:
     """One stage of ``run_plan``: skip what is done or blocked, run the rest."""
     todo, done_before = [], 0
     for job in jobs:
-        # Evaluation is cheap and reads everything: always redo it.
-        if code is not None and job["stage"] != "evaluation" and is_complete(out, job, code):
+        if code is not None and job["stage"] not in REDONE and is_complete(out, job, code):
             statuses[job["id"]] = {"status": "complete", "before": True}
             done_before += 1
             continue
@@ -941,13 +945,20 @@ def times_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def fmt_duration(hours: float) -> str:
+    """Hours as one reads them: minutes under an hour, hours to one decimal above."""
+    if hours >= 1:
+        return f"{hours:.1f} h"
+    return f"{max(1, round(hours * 60))} min" if hours > 0 else "0 min"
+
+
 def needs_sentence(needs: dict, device: str) -> str:
     """``study_needs`` as the notebook prints it before any download."""
     sessions = ("one free Colab session" if needs["sessions"] == 1 else
                 f"{needs['sessions']} free Colab sessions of up to {SESSION_HOURS:g} h "
                 "(keep Drive on: each new session resumes)")
     drive = needs["versions_gb"] + needs["results_gb"]
-    return (f"about {needs['hours']:.1f} h of training on {device}: {sessions}. Drive: "
+    return (f"about {fmt_duration(needs['hours'])} of training on {device}: {sessions}. Drive: "
             f"{drive:.2f} GB of versions and results, plus {needs['checkpoint_gb']:.2f} GB "
             "for the checkpoint of the run in training.")
 
@@ -971,5 +982,5 @@ def study_status(plan: dict, output_dir) -> str:
             continue
         cp = Checkpoint(Path(output_dir, "checkpoints", f"{r.run}.pt"), {}).progress()
         left += r.hours * (1 - (cp["step"] / cp["steps"] if cp else 0))
-    return (f"{line}; estimated time left on {estimate['device']}: {left:.1f} h of "
-            f"{table.hours.sum():.1f} h")
+    return (f"{line}; estimated time left on {estimate['device']}: {fmt_duration(left)} "
+            f"of {fmt_duration(table.hours.sum())}")

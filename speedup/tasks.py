@@ -249,16 +249,17 @@ class ImageTask:
         return self.flops_per_item(self.config, {"classes": len(self.classes),
                                                  "full": self.full_size})(size)
 
-    def chance(self) -> float:
+    def chance(self) -> float | None:
         """The primary metric of guessing: 1 / classes (accuracy), or, multi-label, the
         mean share of validation images that hold each class (the average precision of a
-        random ranking is its class's prevalence; classes absent from it are not scored)."""
+        random ranking is its class's prevalence; classes absent from it are not scored).
+        None where there is none to give (a result is JSON: null, not NaN)."""
         if not self.multi_label:
             return 1 / len(self.classes)
         val = self.data.val
         positive = val.targets * (val.mask if val.mask is not None else 1)
         share = positive.float().mean(0)
-        return float(share[share > 0].mean()) if (share > 0).any() else float("nan")
+        return float(share[share > 0].mean()) if (share > 0).any() else None
 
     def about(self, net) -> dict:
         """What a result records about the run's model and data."""
@@ -608,7 +609,7 @@ class TextTask:
         return {"model": text_model_label(self.arch, s.preset),
                 "parameters": count_parameters(net), "multi_label": False,
                 "objective": self.objective, "primary_metric": self.primary,
-                "chance": 1 / len(self.classes) if self.classes else float("nan"),
+                "chance": 1 / len(self.classes) if self.classes else None,  # LM: none
                 "classes": len(self.classes), "input_size": self.full_size,
                 "input_unit": self.unit, "throughput_unit": f"{self.items}/s",
                 "vocab_size": self.vocab_size, "train_examples": self.n_train, **lm,

@@ -38,7 +38,7 @@ PROFILE = {
     "method": {"archs": ["resnet18"], "arms": ["baseline", "toy"], "seeds": [0, 1],
                "budgets": [0.5],
                "params": {"width": 8, "epochs": 2, "batch_size": 32, "eval_points": 4},
-               "tuning": {"dataset": "caltech256", "version": "60KB",
+               "tuning": {"datasets": ["caltech256"], "version": "60KB",
                           "grids": {"baseline": {"lr": [0.05, 0.1]}}}},  # toy: its own
     "evaluation": {"params": {"target_fraction": 0.9}},
 }
@@ -66,7 +66,8 @@ def test_a_toy_arm_added_as_one_cell_runs_through_the_batch_and_the_evaluation(t
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, str(project / "run_batch.py"), str(profile),
                            "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache"),
-                           "--stages", "data_prep", "method", "evaluation"],  # no model table
+                           "--stages", "data_prep", "tuning", "selection", "method",
+                           "evaluation"],  # no model table
                           cwd=project, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
@@ -80,12 +81,13 @@ def test_a_toy_arm_added_as_one_cell_runs_through_the_batch_and_the_evaluation(t
         assert all(h["mean_input_size"] == side for h in result["history"])
         # the toy's runs are keyed by its own knob: the baseline's are not
         assert "fixed_scale" in result["key"]
-    assert {j["params"]["fixed_scale"] for j in toy} == {0.5, 0.75}   # its class's grid
+    grid = [j for j in plan["stages"]["tuning"] if j["params"]["arm"] == "toy"]
+    assert {j["params"]["fixed_scale"] for j in grid} == {0.5, 0.75}   # its class's grid
     baseline = next(j for j in plan["stages"]["method"] if j["params"]["arm"] == "baseline")
     assert "fixed_scale" not in json.loads(
         (out / "results" / f"{baseline['id']}.json").read_text())["key"]
     # the evaluation names the new arm by its label, beside the baseline
     assert "toy arm (small inputs)" in (out / "tables" / "speedup.md").read_text()
     assert "toy arm (small inputs)" in (out / "tables" / "speedup_summary.md").read_text()
-    for name in ("frontier.png", "performance_profile.png", "tuning.png"):
+    for name in ("frontier.png", "reached.png", "tuning.png"):
         assert (out / "figures" / name).stat().st_size > 10_000

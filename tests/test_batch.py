@@ -50,6 +50,13 @@ def test_missing_profile_lists_the_known_ones(tmp_path):
         run_batch.load_profile(tmp_path / "nope.yaml")
 
 
+def test_the_study_profiles_draw_the_frontier_at_four_budgets_or_more():
+    """The evidence and full profiles give the baseline's frontier four points (with 100%)."""
+    for name in ["cv-evidence", "nlp-evidence", "cv-full", "nlp-full"]:
+        budgets = run_batch.load_profile(ROOT / "params" / f"{name}.yaml")["method"]["budgets"]
+        assert len({*budgets, 1.0}) >= 4, name
+
+
 @pytest.mark.parametrize("task,small,datasets", [
     ("cv", "100KB", ["caltech256", "voc2012"]),
     ("nlp", "60KB", ["yahoo_answers", "bookcorpus"]),
@@ -70,7 +77,7 @@ def test_demo_plan_covers_every_combination_budget_and_grid(task, small, dataset
     assert all(j["params"]["task"] == task for j in method)
     assert len({j["id"] for j in method}) == len(method)
     frontier = [j for j in method if j["frontier"]]
-    assert len(frontier) == len(m["budgets"]) * case_seeds >= 3 * case_seeds
+    assert len(frontier) == len(m["budgets"]) * case_seeds >= case_seeds
     assert {(j["params"]["arm"], j["params"]["budget"]) for j in frontier} == {
         ("baseline", b) for b in m["budgets"]}
     target = [j for j in method if j["target"]]
@@ -82,9 +89,12 @@ def test_demo_plan_covers_every_combination_budget_and_grid(task, small, dataset
     assert {j["params"]["eval_version"] for j in method} == {largest}
     # every arm is tuned with the same number of trials, the default point included, on
     # seeds no comparison uses
-    assert plan["tuning_trials"] == {"baseline": 3, "progressive": 3, "difficulty": 3}
+    trials = {arm: len(next(iter(g.values()))) for arm, g in m["tuning"]["grids"].items()}
+    assert plan["tuning_trials"] == trials and len(set(trials.values())) == 1
+    assert set(trials) == set(m["arms"]) - {"aa"}
     grid = plan["stages"]["tuning"]
-    assert len(grid) == 2 * 3 * 3 and all(j["varied"] for j in grid)
+    # archs x datasets (both tuned) x each arm's trials
+    assert len(grid) == 2 * 2 * sum(trials.values()) and all(j["varied"] for j in grid)
     assert {j["params"]["seed"] for j in grid} == {500}
     assert not {j["id"] for j in grid} & {j["id"] for j in method}
     assert all(j["params"]["run_name"] == j["id"] for j in method + grid)
@@ -102,14 +112,18 @@ def test_main_runs_take_the_picks_and_the_aa_arm_the_baselines(tmp_path):
     profile = yaml.safe_load((ROOT / "params" / "cv-demo.yaml").read_text())
     profile["method"]["arms"].append("aa")
     plan = run_batch.expand_plan(run_batch.load_profile(_write(tmp_path, profile)), "o", "c")
-    picks = {"vgg11_bn": {"baseline": {"lr": 0.1}, "progressive": {"start_scale": 0.25}},
-             "resnet18": {"baseline": {"lr": 0.025}, "difficulty": {"start_competence": .1}}}
+    picks = {"vgg11_bn": {d: {"baseline": {"lr": 0.1}, "progressive": {"start_scale": 0.25}}
+                          for d in ["caltech256", "voc2012"]},
+             "resnet18": {"caltech256": {"baseline": {"lr": 0.025},
+                                         "difficulty": {"start_competence": .1}},
+                          "voc2012": {"baseline": {"lr": 0.3}}}}
     before = {j["id"] for j in plan["stages"]["method"]}
     apply_picks(plan, picks)
     after = plan["stages"]["method"]
     for j in after:
         p = j["params"]
-        chosen = picks[p["arch"]].get("baseline" if p["arm"] == "aa" else p["arm"], {})
+        chosen = picks[p["arch"]][p["dataset"]].get(
+            "baseline" if p["arm"] == "aa" else p["arm"], {})
         assert all(p[k] == v for k, v in chosen.items()), (j["id"], chosen)
         assert j["picked"] == chosen
     assert any(j["params"]["arm"] == "aa" and j["params"]["lr"] == 0.1 for j in after)
@@ -151,7 +165,7 @@ TINY = {
     "method": {"archs": ["resnet18"], "arms": ["baseline", "progressive"], "seeds": [0],
                "budgets": [0.5],
                "params": {"width": 8, "epochs": 2, "batch_size": 32, "eval_points": 2},
-               "tuning": {"dataset": "caltech256", "version": "no-such-version",
+               "tuning": {"datasets": ["caltech256"], "version": "no-such-version",
                           "grids": {"baseline": {"lr": [0.1]},
                                     "progressive": {"start_scale": [0.75]}}}},
     "evaluation": {"params": {"target_fraction": 0.9}},
@@ -180,8 +194,8 @@ def test_batch_runs_every_chapter_skips_what_failed_inputs_block_and_resumes(tmp
     assert "no-such-version" in status["tuning-resnet18-caltech256-no-such-version"]["error"]
     # without a tuning result the selection names the arms phase B trains untuned
     picks = json.loads((out / "tuning" / "picks.json").read_text())
-    assert picks["picks"] == {} and picks["untuned"] == ["resnet18/baseline",
-                                                         "resnet18/progressive"]
+    assert picks["picks"] == {} and picks["untuned"] == ["resnet18/caltech256/baseline",
+                                                         "resnet18/caltech256/progressive"]
     assert "/no/such/VOCtrainval.tar" in status["data-voc2012"]["error"]
     assert not (out / "notebooks" / "method" / "resnet18-voc2012-60KB.ipynb").exists()
     assert "2 failed, 3 skipped" in printed.out
@@ -236,7 +250,11 @@ def test_a_gpu_profile_stops_at_once_without_cuda(tmp_path, capsys):
 def test_seeds_replace_the_profiles(tmp_path):
     profile = run_batch.load_profile(ROOT / "params" / "cv-demo.yaml")
     plan = run_batch.expand_plan(profile, "_output", "_cache", seeds=[3, 4])
-    assert {j["params"]["seed"] for j in plan["stages"]["method"]} == {3, 4}
+    method = plan["stages"]["method"]
+    assert {j["params"]["seed"] for j in method if not j["target"]} == {3, 4}
+    # the target-setting seeds are the profile's own, apart from the comparison's
+    assert {j["params"]["seed"] for j in method if j["target"]} == set(
+        profile["method"]["target_seeds"])
     main = [j for j in plan["stages"]["method"] if j["main"]]
     assert len(main) == 2 * 2 * 3 * 3 * 2
 

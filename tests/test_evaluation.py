@@ -27,8 +27,10 @@ def _hist(values, spe, flops_per_epoch=1e9):
 def _row(arm, values, spe, name, *, version="1MB", seed=0, budget=1.0, role="main",
          flops_per_epoch=1e9, **kw):
     h = _hist(values, spe, flops_per_epoch)
-    return {"task": "cv", "arch": "resnet18", "dataset": "caltech256", "version": version,
-            "seed": seed, "arm": arm, "budget": budget,
+    params = {"task": "cv", "arch": "resnet18", "dataset": "caltech256", "version": version,
+              "seed": seed, "arm": arm, "budget": budget,
+              **{k: v for k, v in kw.items() if k != "varied"}}
+    return {**params, "params": params,
             "main": role == "main", "target": role == "target",
             "frontier": role == "frontier", "tuning": role == "tuning", "varied": [],
             "history": h, "run_name": name, "best_val": max(values), "final_val": values[-1],

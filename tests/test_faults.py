@@ -21,7 +21,7 @@ import torch
 import yaml
 
 import run_batch
-from speedup.protocol import add_targets, load_examples
+from speedup.protocol import add_targets, load_examples, select_settings
 from speedup.report import evaluate_study
 from speedup.results import load_plan, load_results, with_roles
 from speedup.study import (BatchLocked, batch_lock, diverged_runs, finished_runs, is_complete,
@@ -47,9 +47,9 @@ TINY = {
     "method": {"archs": ["resnet18"], "arms": ["baseline", "progressive"], "seeds": [0],
                "params": {"width": 8, "epochs": 3, "batch_size": 32, "eval_points": 6,
                           "checkpoint_every_s": 0.0},
-               "tuning": {"dataset": "caltech256", "version": "60KB",
-                          "grids": {"baseline": {"lr": [10000.0]},
-                                    "progressive": {"start_scale": [0.75]}}}},
+               "tuning": {"datasets": ["caltech256"], "version": "60KB",
+                          "grids": {"baseline": {"lr": [10000.0, 0.05]},
+                                    "progressive": {"start_scale": [0.75, 0.5]}}}},
     "evaluation": {"params": {"target_fraction": 0.9}},
 }
 
@@ -64,13 +64,14 @@ def _results(out):
 @pytest.fixture(scope="module")
 def killed_then_rerun(tmp_path_factory):
     """The tiny batch killed with SIGKILL (the batch and its workers) after its first
-    result, then run again to the end (its data and training stages: the evaluation is
-    chapter 4's, checked on this output in-process below)."""
+    result, then run again to the end (its data, tuning, selection and training stages: the
+    evaluation is chapter 4's, checked on this output in-process below). One tuning run
+    (the baseline at lr 10000) diverges."""
     tmp = tmp_path_factory.mktemp("faults")
     profile, out = tmp / "faults.yaml", tmp / "out"
     profile.write_text(yaml.safe_dump(TINY))
     args = [str(profile), "--output-dir", str(out), "--cache-dir", str(tmp / "cache"),
-            "--stages", "data_prep", "method"]
+            "--stages", "data_prep", "tuning", "selection", "method"]
     batch = subprocess.Popen([sys.executable, str(ROOT / "run_batch.py"), *args],
                              cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
@@ -102,7 +103,8 @@ def test_a_killed_batch_reruns_to_the_end_keeping_what_was_done(killed_then_reru
     assert k["code"] == 0, k["printed"][-2000:]
     plan = json.loads((out / "plan.json").read_text())
     results = _results(out)
-    assert sorted(results) == sorted(j["id"] for j in plan["stages"]["method"])
+    assert sorted(results) == sorted(j["id"] for stage in ("tuning", "method")
+                                     for j in plan["stages"][stage])
     # the result written before the kill was kept, not trained again
     for name, mtime in k["first"].items():   # relative: a result; absolute: a manifest
         assert (out / "results" / name).stat().st_mtime_ns == mtime, name
@@ -188,34 +190,32 @@ def test_the_evaluation_shows_diverged_runs_and_survives_a_damaged_file(tmp_path
     runs = [_result("base", "baseline", [.2, .5, .6], 2.0, lr=0.05),
             _result("prog", "progressive", [.3, .55, .6], 1.0),
             _result("prog-s1", "progressive", [.3, .1], 1.0, seed=1),
-            _result("base-lr", "baseline", [.1, .2, .3], 2.0, lr=10.0),
-            _result("base-s1", "baseline", [.2, .5, .6], 2.0, seed=1, lr=0.05)]
+            _result("base-lr", "baseline", [.1, .2, .3], 2.0, seed=500, lr=10.0),
+            _result("base-s1", "baseline", [.2, .5, .6], 2.0, seed=1, lr=0.05),
+            _result("base-lr1", "baseline", [.2, .5, .6], 2.0, seed=500, lr=0.05)]
     for r in runs[2:4]:   # one seed of the arm and one grid point diverged
         r.update(status="diverged", best_val=None, diverged={
             "step": 3, "epoch": 3.0, "train_loss": "nan", "reason": "training loss is nan",
             "train_time_s": 5.0, "train_flops": 3e9})
         del r["test"]
-    _study(tmp_path, runs, [
-        {"id": "base", "main": True, "varied": ["lr"]},
-        {"id": "base-s1", "main": True, "varied": []},
-        {"id": "prog", "main": True, "varied": []},
-        {"id": "prog-s1", "main": True, "varied": []},
-        {"id": "base-lr", "main": False, "varied": ["lr"]},
-        {"id": "lost", "main": True, "varied": []}])
+    main, grid = {"main": True}, {"varied": ["lr"]}   # phase B's runs; phase A's grid
+    _study(tmp_path, runs, {"base": main, "base-s1": main, "prog": main, "prog-s1": main,
+                            "base-lr": grid, "base-lr1": grid, "lost": main})
     lost = tmp_path / "results" / "lost.json"
     lost.write_text('{"status": "complete", "run_name": "lo')   # damaged
+    select_settings(task="cv", output_dir=str(tmp_path), target_fraction=0.9)  # phase A
     study = evaluate_study(task="cv", output_dir=str(tmp_path), target_fraction=0.9)
     assert f"warning: damaged file {lost}" in capsys.readouterr().out
     assert not lost.exists() and Path(str(lost) + ".damaged").exists()
     row = study["speedups"].iloc[0]
     assert (row.seeds, row.reached, row.diverged) == (2, 1, 1)
-    assert row.method_test == pytest.approx(0.6)   # the diverged seed's is no score
+    assert row.test == pytest.approx(0.6)   # the diverged seed's is no score
     table = (tmp_path / "tables" / "speedup.md").read_text()
-    assert "| 1/2 (1 diverged) |" in table
+    assert " / 1/2 (1 diverged) |" in table   # seeds at target: the baseline / the arm
     summary = pd.read_csv(tmp_path / "results" / "summary.csv").set_index("run_name")
     assert summary.loc["base-lr", "status"] == "diverged"
     assert summary.loc[["base-lr", "prog-s1"], ["best_val", "test"]].isna().all().all()
-    for name in ("tuning", "convergence", "time_to_target"):
+    for name in ("tuning", "convergence", "reached"):
         assert study["figures"][name].stat().st_size > 10_000
     # a damaged plan is set aside and named; the batch writes a new one first
     (tmp_path / "plan.json").write_text("{")

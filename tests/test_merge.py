@@ -154,3 +154,12 @@ def test_no_cell_of_the_merged_notebook_rebinds_a_definition():
         else:
             clashes += [(cell.id, n) for n in names & exported]
     assert not clashes
+
+
+def test_the_setup_cell_installs_the_checkouts_own_pins():
+    """What Colab lacks is pip-installed at requirements.txt's pins, and make test-colab's
+    venv has the same ones."""
+    colab = (ROOT / "requirements-colab.txt").read_text()
+    for pin in merge_notebook.COLAB_EXTRAS:
+        assert pin in (ROOT / "requirements.txt").read_text() and pin in colab, pin
+        assert repr(pin) in merge_notebook.SETUP

@@ -104,9 +104,14 @@ def make_placeholder_output(output_dir, task: str = "cv") -> None:
 
 @pytest.fixture(scope="module", params=["placeholders-cv", "placeholders-nlp", "pipeline"])
 def rendered(request, tmp_path_factory):
-    if request.param == "pipeline":  # the demo study, run by speedup.ipynb; with its PDF
+    if request.param == "pipeline":  # the demo study's deck, as speedup.ipynb wrote it
         output_dir = request.getfixturevalue("demo_notebook_run") / "_output"
-        return render_slides.render(output_dir, engine="pandoc")
+        pptx = output_dir / "slides.pptx"
+        written = pptx.stat().st_mtime_ns
+        # the reveal.js twin of the notebook's pptx, for the rendered check's html half
+        html = render_slides.render(output_dir, engine="pandoc", formats=("revealjs",))
+        assert pptx.stat().st_mtime_ns == written   # the pptx checked is the notebook's
+        return {"pptx": pptx, "notes": output_dir / "slides_notes.md", **html}
     output_dir = tmp_path_factory.mktemp("output")
     make_placeholder_output(output_dir, task=request.param.split("-")[1])
     return render_slides.render(output_dir, engine="pandoc", pdf=False)
@@ -328,7 +333,7 @@ def test_quarto_renders_the_staged_copy_when_on_path(rendered, tmp_path, monkeyp
 def test_the_deck_passes_the_rendered_check(rendered):
     """As LibreOffice and Chromium draw them, the test study's decks keep every text in its
     box, figures fill their slides, nothing is small or blank (check_slides.py)."""
-    if "pdf" not in rendered:
+    if "notes" not in rendered:
         pytest.skip("the placeholder decks are checked as rendered in test_slides_check.py "
                     "and by the pipeline's deck")
     missing = check_slides.missing_tools()
@@ -474,7 +479,13 @@ def test_merged_notebook_reports_no_failures(demo_notebook_run):
     # before training it printed the estimated time, measured on this CPU, and the status
     estimate = next(c for c in nb.cells if c.id == "gen-estimate")
     printed = "".join(o.get("text", "") for o in estimate.outputs)
-    assert "h of training in all" in printed and "0 of " in printed
+    assert " of training on " in printed and "0 of " in printed and "Drive: " in printed
+    # the deck cell wrote the pptx and its speaker notes and said where they are
+    deck = "".join(o.get("text", "") for o in next(c for c in nb.cells
+                                                   if c.id == "gen-deck").outputs)
+    out = demo_notebook_run / "_output"
+    assert f"wrote {(out / 'slides.pptx').resolve()}" in deck and "Download" in deck
+    assert "[Presenter 4: " in (out / "slides_notes.md").read_text()
     status = next(c for c in nb.cells if c.id == "gen-status")
     runs = len(plan["stages"]["tuning"]) + len(plan["stages"]["method"])
     assert f"{runs} of {runs} training runs done" in "".join(o.get("text", "")

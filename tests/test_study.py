@@ -204,7 +204,8 @@ def test_the_notebook_expands_each_profile_as_run_batch_does():
     nb = nbformat.read(ROOT / "speedup.ipynb", as_version=4)
     parameters = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     assert set(parameter_defaults(parameters.source)) == {
-        "task", "profile", "seeds", "output_dir", "cache_dir", "use_drive", "allow_cpu"}
+        "task", "profile", "seeds", "output_dir", "cache_dir", "use_drive", "allow_cpu",
+        "presenters"}
     assert max(len(c.source) for c in nb.cells) < 20_000  # no one-line JSON plan
 
 

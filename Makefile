@@ -61,7 +61,7 @@ evidence: .venv/.installed
 	status=0; for t in cv nlp; do \
 		$(PY) run_batch.py params/$$t-evidence.yaml --output-dir _evidence_$$t || status=1; \
 		test -f _evidence_$$t/tables/evidence.md && $(PY) -c "from speedup.evidence import publish_evidence; \
-			publish_evidence('_evidence_$$t', 'EVIDENCE.md')" || status=1; \
+			publish_evidence('_evidence_$$t', 'EVIDENCE.md', 'README.md')" || status=1; \
 	done; exit $$status
 
 test: .venv/.installed

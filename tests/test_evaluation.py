@@ -329,7 +329,7 @@ def test_the_evidence_states_its_provenance_the_primary_result_and_the_aa_check(
     comparison between the markers the deck reads, says whether the A/A interval holds 1,
     and publishing keeps the other pair's section."""
     from speedup.deck import evidence_claim
-    from speedup.evidence import publish_evidence
+    from speedup.evidence import evidence_quote, publish_evidence
     runs, roles = [], {}
     rng = np.random.default_rng(3)
     for s in range(8):
@@ -351,8 +351,15 @@ def test_the_evidence_states_its_provenance_the_primary_result_and_the_aa_check(
     assert "A/A check" in section and "holds 1 in 1 of 1 cases" in section
     evidence = tmp_path / "EVIDENCE.md"
     evidence.write_text("## Text pair (nlp)\n\n<!-- claim:nlp -->kept<!-- /claim -->\n")
-    publish_evidence(str(tmp_path / "out"), str(evidence))
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- evidence -->\nold\n<!-- /evidence -->\nrest\n")
+    publish_evidence(str(tmp_path / "out"), str(evidence), str(readme))
     head = evidence_claim("cv", evidence.read_text())
+    # the README quotes the primary result and the A/A check, with the profile
+    quoted = readme.read_text().split("<!-- evidence -->\n")[1].split("<!-- /evidence -->")[0]
+    assert quoted == evidence_quote(evidence.read_text()) + "\n"
+    assert head in quoted and "holds 1 in 1 of 1 cases" in quoted and "Profile `test.yaml`" \
+        in quoted and readme.read_text().endswith("<!-- /evidence -->\nrest\n")
     assert head.startswith("Progressive resizing (sample data, scaled-down models, 8 seed "
                            "pairs, primary comparison) reached the target with 1.60x fewer "
                            "FLOPs [")

@@ -372,7 +372,8 @@ def tuning_runs(df: pd.DataFrame) -> pd.DataFrame:
     """Phase A's runs, one row per grid line a run sits on, with the value it sets (of
     the setting's own type: an integer stays one)."""
     out = df[df.tuning].explode("varied") if "tuning" in df else df.iloc[:0]
-    return out.assign(value=[r.params[r.varied] for _, r in out.iterrows()])
+    return out.assign(value=pd.Series([r.params[r.varied] for _, r in out.iterrows()],
+                                      index=out.index, dtype=object))
 
 
 def tuning_target(grid: pd.DataFrame, target_fraction: float) -> float:

@@ -37,3 +37,12 @@ def test_the_time_table_is_what_the_profiles_give_today():
     edited without it fails here, naming the command."""
     assert (ROOT / "docs" / "times.md").read_text() == run_batch.time_table(), \
         "run: python run_batch.py --times"
+
+
+def test_the_readme_quotes_the_last_evidence_run():
+    """make evidence writes EVIDENCE.md and the README's quote of it (publish_evidence):
+    a README edited by hand, or an EVIDENCE.md regenerated without it, fails here."""
+    from speedup.evidence import evidence_quote
+    quoted = README.split("<!-- evidence -->\n", 1)[1].split("<!-- /evidence -->", 1)[0]
+    expected = evidence_quote((ROOT / "EVIDENCE.md").read_text())
+    assert expected and quoted == expected + "\n", "run: make evidence"

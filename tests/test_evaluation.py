@@ -149,6 +149,18 @@ def test_phase_a_picks_the_value_with_the_least_work_to_the_target():
     assert grid[(grid.arm == "baseline") & (grid.value == 0.2)].measure.iloc[0] == INF
 
 
+def test_a_pick_keeps_its_settings_type():
+    """An integer setting (a start length) is picked as an integer, though it shares the
+    grid's value column with a float one (a learning rate): phase B's run checks types."""
+    rows = [_row("baseline", [.5, .8, .85, .85], 1.0, f"b{v}", seed=500, role="tuning",
+                 lr=v, varied=["lr"]) for v in (0.002, 0.004)]
+    rows += [_row("progressive", [.5, .8, .85, .85], 1.0, f"p{v}", seed=500, role="tuning",
+                  start_length=v, varied=["start_length"]) for v in (8, 16)]
+    picks, _ = tuning_picks(pd.DataFrame(rows), Protocol())
+    chosen = picks["resnet18"]["caltech256"]["progressive"]["start_length"]
+    assert chosen in (8, 16) and type(chosen) is int
+
+
 def test_the_label_names_sample_data_and_scaled_down_models():
     df = pd.DataFrame([_row("baseline", [.5], 1.0, "a")])
     assert study_label(df) == ("Computed on embedded sample data with scaled-down models "

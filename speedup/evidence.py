@@ -71,7 +71,9 @@ def evidence_quote(text: str) -> str:
                          text, re.S):
         title, _, provenance, claim, aa = m.groups()
         out.append(f"- **{title}.** {claim} {aa} ({provenance.split('. ')[0]}.)")
-    return "\n".join(out)
+    return "\n".join(out) or (
+        "EVIDENCE.md predates this protocol (it names no primary comparison): run "
+        "`make evidence` to regenerate it and this quote.")
 
 
 def publish_evidence(output_dir: str, path: str = "EVIDENCE.md",

@@ -185,12 +185,13 @@ def fmt_score(x: float, metric: str) -> str:
 
 
 def fmt_interval(estimate: float, low: float, high: float) -> str:
-    """``1.52x [1.21, 1.90]``; ``—`` without an estimate; a bound with no limit: ``inf``;
-    where every informative pair is a miss of one side, which side missed."""
+    """``1.52x [1.21, 1.90]``; ``—`` without an estimate; a bound with no limit: ``inf``
+    (beyond 1000: ``>1000``); where every informative pair is a miss of one side, which
+    side missed."""
     if np.isnan(estimate):
         return "—"
-    bounds = ("(one seed pair)" if np.isnan(low) else
-              f"[{low:.2f}, {'inf' if np.isinf(high) else format(high, '.2f')}]")
+    top = "inf" if np.isinf(high) else ">1000" if high > 1000 else format(high, ".2f")
+    bounds = "(one seed pair)" if np.isnan(low) else f"[{low:.2f}, {top}]"
     point = ("arm missed" if estimate == 0 else "baseline missed" if np.isinf(estimate)
              else f"{estimate:.2f}x")
     return f"{point} {bounds}"

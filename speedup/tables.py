@@ -75,7 +75,7 @@ def speedup_markdown(table: pd.DataFrame, sentence: str, label: str, task: str) 
 def speedup_detail_markdown(table: pd.DataFrame, rates: pd.DataFrame, label: str,
                             task: str) -> str:
     """Every number behind the slide table."""
-    lines = ["| case | arm | comparison | target (set by) | baseline reached its own "
+    lines = ["| case | arm | comparison | target (metric, set by) | baseline reached its own "
              "target | val items n, SE of a pass | FLOPs speed-up [interval] | seconds "
              "speed-up [interval] | test base / arm |", "|" + "---|" * 9]
     rate = rates.set_index(CASE)
@@ -85,7 +85,7 @@ def speedup_detail_markdown(table: pd.DataFrame, rates: pd.DataFrame, label: str
                else "—")
         lines.append(
             f"| {case_title(case)} | {arm_label(r.arm, task)} | {comparison_name(r)} | "
-            f"{fmt_score(r.target, r.metric)} ({r.target_source}) | {own} | "
+            f"{r.metric} {fmt_score(r.target, r.metric)} ({r.target_source}) | {own} | "
             f"{fmt(r.val_n, '.0f', '—')}, {fmt(r.val_se, '.3f', '—')} | "
             f"{fmt_interval(r.flops, r.flops_lo, r.flops_hi)} ({r.flops_verdict}) | "
             f"{fmt_interval(r.time, r.time_lo, r.time_hi)} ({r.time_verdict}) | "

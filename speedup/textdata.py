@@ -2,11 +2,13 @@
 """The text datasets: reading Yahoo Answers and BookCorpus, text versions, tokenizers (chapter
 1)."""
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 import hashlib
 import http.client
 import json
+import os
 from pathlib import Path, PurePosixPath
 import shutil
 import urllib.parse
@@ -29,7 +31,7 @@ __all__ = [
     'parquet_to_text', 'ARCHIVE_SUFFIXES', 'hub_parquet_files', 'fetch_text_source',
     'build_text_versions', 'build_stream_versions', 'TextSplit', 'TextVersionData',
     'load_text_version', 'prepare_text_dataset', 'PRETRAINED_TOKENIZERS', 'SPECIAL_TOKENS',
-    'train_tokenizer', 'version_tokenizer',
+    'train_tokenizer', 'folder_lock', 'version_tokenizer',
 ]
 
 
@@ -582,10 +584,31 @@ def train_tokenizer(texts, arch, vocab_size=8000):
     return _as_transformers(tok, arch)
 
 
+@contextlib.contextmanager
+def folder_lock(folder):
+    """Hold an exclusive lock on ``folder`` itself (POSIX ``flock`` on the folder, so no lock
+    file is left in it) until the block ends; other processes wait. Where the system or the
+    filesystem cannot lock (Windows, some network mounts), the block runs unlocked."""
+    try:
+        import fcntl
+        fd = os.open(folder, os.O_RDONLY)
+    except (ImportError, OSError):
+        fd = None
+    try:
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)   # closing releases the lock
+
+
 def version_tokenizer(output_dir, dataset, version, arch, vocab_size=8000,
                       pretrained=True):
     """The tokenizer for one text version: pretrained if it loads, else trained and cached
-    beside the version, as one file (`tokenizer-<arch>-<vocab_size>.json`)."""
+    beside the version, as one file (`tokenizer-<arch>-<vocab_size>.json`), under a lock on
+    the version folder, so that parallel runs share one vocabulary."""
     from tokenizers import Tokenizer
     from transformers import AutoTokenizer
     if pretrained:
@@ -595,13 +618,14 @@ def version_tokenizer(output_dir, dataset, version, arch, vocab_size=8000,
             print(f"pretrained {PRETRAINED_TOKENIZERS[arch]} unavailable ({type(exc).__name__}); "
                   "training one on the training split")
     cached = version_dir(output_dir, dataset, version) / f"tokenizer-{arch}-{vocab_size}.json"
-    if cached.exists():
-        try:
-            return _as_transformers(Tokenizer.from_file(str(cached)), arch)
-        except Exception as exc:   # tokenizers raises a bare Exception for a bad file
-            set_aside(cached, f"not a tokenizer: {exc}")
-    texts = load_text_version(output_dir, dataset, version).train.texts
-    tokenizer = train_tokenizer(texts, arch, vocab_size)
-    saved = tokenizer.backend_tokenizer.to_str()
-    atomic_write(cached, lambda partial: Path(partial).write_text(saved), len(saved))
-    return tokenizer
+    with folder_lock(cached.parent):
+        if cached.exists():
+            try:
+                return _as_transformers(Tokenizer.from_file(str(cached)), arch)
+            except Exception as exc:   # tokenizers raises a bare Exception for a bad file
+                set_aside(cached, f"not a tokenizer: {exc}")
+        texts = load_text_version(output_dir, dataset, version).train.texts
+        tokenizer = train_tokenizer(texts, arch, vocab_size)
+        saved = tokenizer.backend_tokenizer.to_str()
+        atomic_write(cached, lambda partial: Path(partial).write_text(saved), len(saved))
+        return tokenizer

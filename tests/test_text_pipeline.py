@@ -63,6 +63,41 @@ def test_version_tokenizer_trains_on_the_training_split_only_and_caches(yahoo, m
     assert len(seen) == 2 and cached.with_name(cached.name + ".damaged").exists()
 
 
+def _tokenizer_in_a_process(output_dir, log, queue):
+    """A batch job's first call for a version's tokenizer, its training slowed to 1 s and
+    logged, so that two such jobs started together overlap; the vocabulary it got."""
+    import time
+
+    def slow(texts, arch, vocab_size=8000):
+        with open(log, "a") as f:
+            f.write("trained\n")
+        time.sleep(1.0)
+        return train_tokenizer(texts, arch, vocab_size)
+
+    textdata.train_tokenizer = slow
+    tok = version_tokenizer(output_dir, "yahoo_answers", "60KB", "bert", 300, pretrained=False)
+    queue.put(sorted(tok.get_vocab().items()))
+
+
+def test_parallel_jobs_share_one_trained_tokenizer(tmp_path_factory, tmp_path):
+    """tokenizers' trainers are not deterministic (huggingface/tokenizers#1794), so two jobs
+    that each trained one would train on different vocabularies: one trains, one waits."""
+    import multiprocessing
+    out, log = _prepared(tmp_path_factory, "yahoo_answers"), tmp_path / "trainings.log"
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    jobs = [ctx.Process(target=_tokenizer_in_a_process, args=(out, log, queue))
+            for _ in range(2)]
+    for job in jobs:
+        job.start()
+    vocabs = [queue.get(timeout=120) for _ in jobs]
+    for job in jobs:
+        job.join(timeout=30)
+    assert [job.exitcode for job in jobs] == [0, 0]
+    assert log.read_text().splitlines() == ["trained"], "both jobs trained a tokenizer"
+    assert vocabs[0] == vocabs[1]
+
+
 def test_sequence_length_warms_up_linearly_to_full_length():
     lengths = [sequence_length(p, 128, 8, 0.3) for p in np.linspace(0, 1, 101)]
     assert lengths[0] == 8 and lengths[-1] == 128

@@ -18,7 +18,10 @@ RENDER  = $(PY) render_slides.py --output-dir $(OUT) $(if $(PRESENTERS),--presen
 
 .venv/.installed: requirements.txt
 	test -x $(PY) || python3 -m venv .venv
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	@# pip byte-compiles on one core (a minute of the install); compileall uses them all. The
+	@# few files it cannot compile are ones pip skips too (e.g. torch's Python 3.12 tests).
+	$(PY) -m pip install -q --no-compile --disable-pip-version-check -r requirements.txt
+	$(PY) -m compileall -q -j 0 .venv/lib >/dev/null 2>&1 || true
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3" >/dev/null
 	@# reveal.js makes slides.html self-contained; without npm it links reveal.js's CDN
 	command -v npm >/dev/null && npm install --silent --no-audit --no-fund \

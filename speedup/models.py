@@ -8,7 +8,6 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
-from torchvision.models import resnet as tv_resnet, vgg as tv_vgg
 
 __all__ = [
     'VGG_CONFIGS', 'RESNET_CONFIGS', 'build_vgg', 'build_resnet', 'build_model', 'model_label',
@@ -19,16 +18,20 @@ __all__ = [
 
 
 # ---- chapters/02_architectures.ipynb, cell 02-004
+# torchvision is imported where a network is built, not with the module: importing it costs
+# about 2 s of every job's start (its ops pull in torch._dynamo), which the text pair's jobs
+# and the evaluation never need.
 VGG_CONFIGS = {"vgg11": "A", "vgg13": "B", "vgg16": "D", "vgg19": "E"}
-RESNET_CONFIGS = {
-    "resnet18": (tv_resnet.BasicBlock, [2, 2, 2, 2]),
-    "resnet34": (tv_resnet.BasicBlock, [3, 4, 6, 3]),
-    "resnet50": (tv_resnet.Bottleneck, [3, 4, 6, 3]),
+RESNET_CONFIGS = {   # torchvision's block class, by name, and the blocks per stage
+    "resnet18": ("BasicBlock", [2, 2, 2, 2]),
+    "resnet34": ("BasicBlock", [3, 4, 6, 3]),
+    "resnet50": ("Bottleneck", [3, 4, 6, 3]),
 }
 
 
 def build_vgg(arch: str, num_classes: int, width: int = 64) -> nn.Module:
     """torchvision VGG (``vgg11``..``vgg19``, ``_bn`` for batch norm) at ``width``."""
+    from torchvision.models import vgg as tv_vgg
     name = arch.removesuffix("_bn")
     cfg = [v if v == "M" else v * width // 64 for v in tv_vgg.cfgs[VGG_CONFIGS[name]]]
     features = tv_vgg.make_layers(cfg, batch_norm=arch.endswith("_bn"))
@@ -57,7 +60,9 @@ def build_vgg(arch: str, num_classes: int, width: int = 64) -> nn.Module:
 def build_resnet(arch: str, num_classes: int, width: int = 64,
                  full_size: int = 224) -> nn.Module:
     """torchvision ResNet at ``width``; CIFAR stem when ``full_size <= 64``."""
-    block, layers = RESNET_CONFIGS[arch]
+    from torchvision.models import resnet as tv_resnet
+    block_name, layers = RESNET_CONFIGS[arch]
+    block = getattr(tv_resnet, block_name)
     net = tv_resnet.ResNet(block, layers, num_classes=num_classes)
     small = full_size <= 64
     if width != 64 or small:

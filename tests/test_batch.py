@@ -273,53 +273,6 @@ def test_phase_a_runs_on_seeds_of_its_own(tmp_path):
         run_batch.expand_plan(run_batch.load_profile(_write(tmp_path, profile)), "o", "c")
 
 
-# No tuning grid: a grid's papermill job is the image batch's (above) and the text pair's
-# grids run in test_report_nlp's study
-TINY_NLP = {
-    "task": "nlp", "profile": "tiny", "label": "test profile: sample text, micro models",
-    "workers": 2,
-    "data_prep": {"datasets": ["yahoo_answers", "bookcorpus"],
-                  "params": {"source": "sample", "sizes": {"40KB": 40000}}},
-    "architectures": {"params": {"archs": ["bert", "gpt1"], "preset": "micro",
-                                 "vocab_size": 300, "input_sizes": [16, 32]}},
-    "method": {"archs": ["bert", "gpt1"], "arms": ["baseline", "progressive", "difficulty"],
-               "seeds": [0],
-               "params": {"preset": "micro", "seq_length": 32, "start_length": 8,
-                          "vocab_size": 300, "optimizer": "adamw", "epochs": 2,
-                          "batch_size": 16, "lr": 0.003, "weight_decay": 0.01}},
-    "evaluation": {"params": {"target_fraction": 0.95}},
-}
-
-
-def test_the_text_chapters_run_as_a_batch(tmp_path):
-    """A papermill run of every chapter for the text pair: data (both text samples' versions
-    within their budgets), models, training, figures."""
-    path = _write(tmp_path, TINY_NLP)
-    out = tmp_path / "out"
-    assert run_batch.main([str(path), "--output-dir", str(out),
-                           "--cache-dir", str(tmp_path / "cache")]) == 0
-    plan = json.loads((out / "plan.json").read_text())
-    main_ids = [j["id"] for j in plan["stages"]["method"] if j["main"]]
-    assert len(main_ids) == 2 * 2 * 3  # archs x datasets x arms
-    for run in main_ids:
-        result = json.loads((out / "results" / f"{run}.json").read_text())
-        lm = result["params"]["dataset"] == "bookcorpus"
-        assert result["primary_metric"] == ("perplexity" if lm else "accuracy")
-        assert result["history"][-1]["throughput"] > 0
-    table = (out / "tables" / "architectures.md").read_text()
-    assert "GFLOPs @ 32 tokens" in table and "micro" in table
-    assert not sorted(out.rglob("*.damaged"))
-    assert "sequence-length warmup" in (out / "tables" / "speedup.md").read_text()
-    for name in ["samples_yahoo_answers.png", "samples_bookcorpus.png", "schedule.png",
-                 "final_performance.png", "speedup.png"]:
-        assert (out / "figures" / name).stat().st_size > 10_000
-    assert (out / "tables" / "data_bookcorpus.md").exists()
-    for dataset in ("yahoo_answers", "bookcorpus"):  # the data chapter's text versions
-        manifest = json.loads((out / "data" / dataset / "40KB" / "manifest.json").read_text())
-        assert 0.98 * manifest["budget_bytes"] <= manifest["bytes"] <= manifest["budget_bytes"]
-        assert manifest["source"] == "sample"
-
-
 def test_a_job_done_by_other_code_is_not_taken_as_done(tmp_path, monkeypatch):
     """Resume-by-skip holds only for the same parameters and the same chapters: after an
     edit the job runs again, and the chapter's own reuse checks decide what it redoes."""

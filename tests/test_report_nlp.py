@@ -51,6 +51,9 @@ def test_merged_notebook_runs_every_job_of_the_text_demo(demo_notebook_run):
     for run, result in zip(plan["stages"]["method"], results):
         assert result["status"] == "complete", run["id"]
         assert result["params"]["task"] == "nlp" and result["data_source"] == "sample"
+        lm = result["params"]["dataset"] == "bookcorpus"
+        assert result["primary_metric"] == ("perplexity" if lm else "accuracy")
+        assert result["history"][-1]["throughput"] > 0
         check_validation_passes(run, result)
     cases = {(r["params"]["arch"], r["params"]["dataset"], r["params"]["version"],
               r["params"]["arm"]) for r in results}
@@ -59,6 +62,15 @@ def test_merged_notebook_runs_every_job_of_the_text_demo(demo_notebook_run):
     for dataset in DATASETS:
         assert sorted(p.name for p in (out / "data" / dataset).iterdir()) == sorted(VERSIONS)
         assert (out / "figures" / f"samples_{dataset}.png").stat().st_size > 10_000
+        assert (out / "tables" / f"data_{dataset}.md").exists()
+        for version in VERSIONS:   # the data chapter's text versions, within their budgets
+            manifest = json.loads((out / "data" / dataset / version / "manifest.json")
+                                  .read_text())
+            assert 0.98 * manifest["budget_bytes"] <= manifest["bytes"] <= manifest["budget_bytes"]
+            assert manifest["source"] == "sample"
+    table = (out / "tables" / "architectures.md").read_text()
+    assert "GFLOPs @ 32 tokens" in table and "micro" in table
+    assert "sequence-length warmup" in (out / "tables" / "speedup.md").read_text()
     check_evaluation_outputs(out, "perplexity")
 
 

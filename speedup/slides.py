@@ -86,9 +86,15 @@ def findings(df: pd.DataFrame, stats: pd.DataFrame, table: pd.DataFrame, context
         out["tuned"] = None
     elif len(grid):
         values = [fmt_value(v) for v in picked.value]
-        chosen = (f"{values[0]} in all {len(values)} tuning cases" if len(set(values)) == 1
-                  else and_list([f"{v} ({tuning_case_title(r.arch, r.dataset)})"
-                                 for v, (_, r) in zip(values, picked.iterrows())]))
+        # the most frequent pick by its count, the others by their cases: a title of four
+        # cases each named stays on its slide
+        common = max(values, key=values.count)
+        others = {v: [tuning_case_title(r.arch, r.dataset)
+                      for x, (_, r) in zip(values, picked.iterrows()) if x == v]
+                  for v in dict.fromkeys(values) if v != common}
+        chosen = (f"{common} in all {len(values)} tuning cases" if not others else
+                  f"{common} in {values.count(common)} of {len(values)} tuning cases, "
+                  + and_list([f"{v} on {and_list(cases)}" for v, cases in others.items()]))
         what = param_title(picked.setting.iloc[0]) if len(picked) else "nothing"
         titles["tuning"] = (f"Phase A picks {name}'s {what} by {protocol.primary_measure} "
                             f"to the target: {chosen}")

@@ -123,6 +123,13 @@ def legend(fig, axes, medium: Medium, title: str | None = None, ncol: int = 6) -
             entries.setdefault(lab, h)
     if not entries:
         return
+    if title:   # a title wider than the figure is wrapped: fewer columns cannot narrow it
+        probe = fig.legend([], [], loc="outside upper center", frameon=False, title=title)
+        fig.draw_without_rendering()
+        wide = probe.get_title().get_window_extent().width / (0.95 * fig.bbox.width)
+        probe.remove()
+        if wide > 1:
+            title = textwrap.fill(title, int(len(title) / wide))
     for columns in range(min(ncol, len(entries)), 0, -1):
         box = fig.legend(entries.values(), entries.keys(), loc="outside upper center",
                          ncol=columns, frameon=False, title=title, handlelength=1.6,
@@ -446,6 +453,7 @@ def fig_speedups(table: pd.DataFrame, task: str, medium: Medium = REPORT) -> plt
     cases = sorted({(d, v) for d, v in zip(table.dataset, table.version)},
                    key=lambda r: (r[0], -version_bytes(r[1])))
     finite = table.speedup[np.isfinite(table.speedup) & (table.speedup > 0)]
+    sep = " " if medium.slide else "\n"
     lo = min(0.35, finite.min() / 1.3) if len(finite) else 0.35
     hi = max(3.0, finite.max() * 1.3) if len(finite) else 3.0
     for ax, arch in zip(axes[0], archs):
@@ -472,7 +480,8 @@ def fig_speedups(table: pd.DataFrame, task: str, medium: Medium = REPORT) -> plt
         ticks = [t for t in (0.5, 1, 2, 4, 8, 16) if lo <= t <= hi]
         ax.set_xticks(ticks, [f"{t:g}x" for t in ticks])
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-        ax.set_yticks(range(len(cases)), [f"{dataset_title(d)}\n{version_title(v)}"
+        # one line a case on a slide, whose rows are too close for two
+        ax.set_yticks(range(len(cases)), [f"{dataset_title(d)}{sep}{version_title(v)}"
                                           for d, v in cases])
         ax.set_ylim(len(cases) - 0.5, -0.5)
         ax.set(title=arch_title(arch), xlabel=f"speed-up in {table.measure.iloc[0]} "

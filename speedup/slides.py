@@ -102,9 +102,12 @@ def findings(df: pd.DataFrame, stats: pd.DataFrame, table: pd.DataFrame, context
                                  f"{name}: validation over epochs, and epochs to the target")
         out["tuned"] = picked.setting.iloc[0] if len(picked) else None
     if len(primary):
-        parts = [f"{verdict_words(r).split(' [')[0].split(' (')[0]} on "
-                 f"{case_title(tuple(r[CASE]))}" for _, r in primary.iterrows()]
-        titles["speedup"] = f"{name.capitalize()} " + and_list(parts)
+        said = {}   # cases with the same verdict share it: the title stays on its slide
+        for _, r in primary.iterrows():
+            said.setdefault(verdict_words(r).split(' [')[0].split(' (')[0], []).append(
+                case_title(tuple(r[CASE])))
+        titles["speedup"] = f"{name.capitalize()} " + and_list(
+            [f"{words} on {and_list(cases)}" for words, cases in said.items()])
     else:
         titles["speedup"] = f"{name.capitalize()}: no primary comparison has results"
     titles["case"] = ("Seeds at the target by training work: "

@@ -102,16 +102,20 @@ def make_placeholder_output(output_dir, task: str = "cv") -> None:
         "claim": "In this run, the arm reached the target sooner in 1 of 2 cases."}))
 
 
+def notebook_deck(output_dir: Path) -> dict:
+    """The deck speedup.ipynb wrote into ``output_dir`` (pptx and notes), and its reveal.js
+    twin for the rendered check's html half."""
+    pptx = output_dir / "slides.pptx"
+    written = pptx.stat().st_mtime_ns
+    html = render_slides.render(output_dir, engine="pandoc", formats=("revealjs",))
+    assert pptx.stat().st_mtime_ns == written   # the pptx checked is the notebook's
+    return {"pptx": pptx, "notes": output_dir / "slides_notes.md", **html}
+
+
 @pytest.fixture(scope="module", params=["placeholders-cv", "placeholders-nlp", "pipeline"])
 def rendered(request, tmp_path_factory):
     if request.param == "pipeline":  # the demo study's deck, as speedup.ipynb wrote it
-        output_dir = request.getfixturevalue("demo_notebook_run") / "_output"
-        pptx = output_dir / "slides.pptx"
-        written = pptx.stat().st_mtime_ns
-        # the reveal.js twin of the notebook's pptx, for the rendered check's html half
-        html = render_slides.render(output_dir, engine="pandoc", formats=("revealjs",))
-        assert pptx.stat().st_mtime_ns == written   # the pptx checked is the notebook's
-        return {"pptx": pptx, "notes": output_dir / "slides_notes.md", **html}
+        return notebook_deck(request.getfixturevalue("demo_notebook_run") / "_output")
     output_dir = tmp_path_factory.mktemp("output")
     make_placeholder_output(output_dir, task=request.param.split("-")[1])
     return render_slides.render(output_dir, engine="pandoc", pdf=False)

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-import render_slides
 from test_report import (  # noqa: F401  the deck checks run again, on this deck
-    check_evaluation_outputs, check_validation_passes, run_merged_notebook,
+    check_evaluation_outputs, check_validation_passes, notebook_deck, run_merged_notebook,
     test_a_figure_fills_its_slide_at_the_size_it_was_drawn,
     test_content_slides_state_their_finding_in_a_sentence,
     test_deck_covers_the_required_topics_in_order_in_four_sections,
@@ -39,7 +38,8 @@ def demo_notebook_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def rendered(demo_notebook_run):
-    return render_slides.render(demo_notebook_run / "_output", engine="pandoc")
+    """The text pair's deck as speedup.ipynb wrote it: the rendered check runs on it too."""
+    return notebook_deck(demo_notebook_run / "_output")
 
 
 def test_merged_notebook_runs_every_job_of_the_text_demo(demo_notebook_run):

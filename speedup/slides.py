@@ -16,12 +16,21 @@ from speedup.results import (BASELINE, CASE, arm_label, case_order, fmt_interval
     version_bytes)
 from speedup.tasks import task_class
 
-__all__ = ['and_list', 'within_target', 'verdict_words', 'findings', 'slide_material']
+__all__ = ['and_list', 'grouped', 'within_target', 'verdict_words', 'findings', 'slide_material']
 
 
 # ---- chapters/04_evaluation.ipynb, cell 04-s07
 def and_list(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def grouped(pairs) -> dict:
+    """``{value: [name, ...]}`` from ``(value, name)`` pairs, values in first-seen order: a
+    title says a value once for all the cases that share it, and stays on its slide."""
+    out = {}
+    for value, name in pairs:
+        out.setdefault(value, []).append(name)
+    return out
 
 
 def within_target(arm_test: float, base_test: float, target_fraction: float,
@@ -85,16 +94,14 @@ def findings(df: pd.DataFrame, stats: pd.DataFrame, table: pd.DataFrame, context
         titles["convergence"] = "Phase A's grids: validation over epochs"
         out["tuned"] = None
     elif len(grid):
-        values = [fmt_value(v) for v in picked.value]
-        # the most frequent pick by its count, the others by their cases: a title of four
-        # cases each named stays on its slide
-        common = max(values, key=values.count)
-        others = {v: [tuning_case_title(r.arch, r.dataset)
-                      for x, (_, r) in zip(values, picked.iterrows()) if x == v]
-                  for v in dict.fromkeys(values) if v != common}
-        chosen = (f"{common} in all {len(values)} tuning cases" if not others else
-                  f"{common} in {values.count(common)} of {len(values)} tuning cases, "
-                  + and_list([f"{v} on {and_list(cases)}" for v, cases in others.items()]))
+        picks = grouped((fmt_value(r.value), tuning_case_title(r.arch, r.dataset))
+                        for _, r in picked.iterrows())
+        # the most frequent pick by its count, the others by their cases
+        common = max(picks, key=lambda v: len(picks[v]))
+        others = [f"{v} on {and_list(cases)}" for v, cases in picks.items() if v != common]
+        chosen = (f"{common} in all {len(picked)} tuning cases" if not others else
+                  f"{common} in {len(picks[common])} of {len(picked)} tuning cases, "
+                  + and_list(others))
         what = param_title(picked.setting.iloc[0]) if len(picked) else "nothing"
         titles["tuning"] = (f"Phase A picks {name}'s {what} by {protocol.primary_measure} "
                             f"to the target: {chosen}")
@@ -102,10 +109,8 @@ def findings(df: pd.DataFrame, stats: pd.DataFrame, table: pd.DataFrame, context
                                  f"{name}: validation over epochs, and epochs to the target")
         out["tuned"] = picked.setting.iloc[0] if len(picked) else None
     if len(primary):
-        said = {}   # cases with the same verdict share it: the title stays on its slide
-        for _, r in primary.iterrows():
-            said.setdefault(verdict_words(r).split(' [')[0].split(' (')[0], []).append(
-                case_title(tuple(r[CASE])))
+        said = grouped((verdict_words(r).split(' [')[0].split(' (')[0],
+                        case_title(tuple(r[CASE]))) for _, r in primary.iterrows())
         titles["speedup"] = f"{name.capitalize()} " + and_list(
             [f"{words} on {and_list(cases)}" for words, cases in said.items()])
     else:

@@ -496,7 +496,7 @@ def fig_speedups(table: pd.DataFrame, task: str, medium: Medium = REPORT) -> plt
 def fig_frontier(points: pd.DataFrame, cases: list, task: str, medium: Medium = REPORT
                  ) -> plt.Figure:
     """Per case: the baseline's final validation score at each budget against its training
-    FLOPs (a line, medians over seeds), each arm as a point, and the target."""
+    FLOPs (a line, means over seeds), each arm as a point, and the target."""
     cols = min(len(cases), 2 if medium.slide else 4)
     rows = -(-len(cases) // cols)
     fig, axes = medium.figure(cols, rows, panel=(3.8, 3.0))
@@ -522,7 +522,7 @@ def fig_frontier(points: pd.DataFrame, cases: list, task: str, medium: Medium = 
         ax.grid(alpha=.3)
     for ax in list(axes.flat)[len(cases):]:
         ax.set_visible(False)
-    legend(fig, axes, medium, ncol=3, title="medians over seeds; an arm helps where it lies "
+    legend(fig, axes, medium, ncol=3, title="means over seeds; an arm helps where it lies "
            "left of (or better than) the baseline's line")
     return fig
 

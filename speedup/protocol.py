@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pandas as pd
+from scipy.special import ndtr, stdtrit
 
 from speedup.arms import make_arm, SettingError
 from speedup.files import set_aside, write_json
@@ -21,8 +22,9 @@ from speedup.train import EXAMPLES_SUFFIX, rank_correlation, ranks_examples
 __all__ = [
     'SMOOTHING', 'reaches', 'smoothed', 'best_smoothed', 'crossing', 'target_value', 'setters',
     'case_targets', 'add_targets', 'target_note', 'MEASURES', 'HORIZONS', 'Protocol', 'paired',
-    'comparisons', 'reach_rates', 'frontier_cost', 'frontier_pairs', 'frontier_savings',
-    'frontier_points', 'BOOTSTRAP_REPS', 'BOOTSTRAP_SEED', 'bootstrap_medians',
+    'comparisons', 'reach_rates', 'monotone_fit', 'frontier_costs', 'frontier_cost',
+    'frontier_data', 'frontier_saving', 'frontier_savings', 'frontier_points',
+    'frontier_calibration', 'BOOTSTRAP_REPS', 'BOOTSTRAP_SEED', 'bootstrap_medians',
     'percentile_interval', 'arm_stats', 'tuning_runs', 'tuning_target', 'tuning_picks',
     'select_settings', 'load_examples', 'difficulty_check', 'UNIGRAM_SHARE', 'CHANCE_MULTIPLE',
     'CEILING', 'informative_ranges',
@@ -256,48 +258,92 @@ def reach_rates(df: pd.DataFrame) -> pd.DataFrame:
 
 
 # ---- chapters/04_evaluation.ipynb, cell 04-008i
+def monotone_fit(values) -> np.ndarray:
+    """Each row's isotonic (least-squares non-decreasing) fit, by the max-min formula: at
+    point i, the largest over a <= i of the smallest over b >= i of the mean of points
+    a..b. Exact and vectorised over rows; a frontier has a handful of points."""
+    v = np.atleast_2d(np.asarray(values, dtype=float))
+    sums = np.concatenate([np.zeros((len(v), 1)), np.cumsum(v, axis=1)], axis=1)
+    width = v.shape[1]
+    fit = np.full(v.shape, -np.inf)
+    for i in range(width):
+        for a in range(i + 1):
+            means = [(sums[:, b + 1] - sums[:, a]) / (b + 1 - a) for b in range(i, width)]
+            fit[:, i] = np.maximum(fit[:, i], np.min(means, axis=0))
+    return fit
+
+
+def frontier_costs(costs, values, quality) -> np.ndarray:
+    """Per row: the cost at which the monotone fit of a frontier (costs and values per
+    point, in increasing cost; higher values better) first reaches ``quality``, linear
+    between points; inf where it never does."""
+    costs, fit = np.atleast_2d(costs), monotone_fit(values)
+    quality = np.broadcast_to(np.asarray(quality, dtype=float), len(fit))
+    reach = fit >= quality[:, None]
+    rows, j = np.arange(len(fit)), np.argmax(reach, axis=1)
+    i = np.maximum(j - 1, 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(j > 0, (quality - fit[rows, i]) / (fit[rows, j] - fit[rows, i]), 0.0)
+    need = costs[rows, i] + share * (costs[rows, j] - costs[rows, i])
+    return np.where(reach.any(axis=1), need, np.inf)
+
+
 def frontier_cost(points: list[tuple], quality: float, higher_is_better: bool) -> float:
     """The cost (FLOPs or seconds) at which a frontier of (cost, quality) points, in
-    increasing cost, first reaches ``quality`` (linear between points; inf: never)."""
-    costs = np.array([c for c, _ in points], dtype=float)
-    values = np.array([q for _, q in points], dtype=float)
-    if not higher_is_better:
-        values, quality = -values, -quality
-    values = np.maximum.accumulate(values)          # a budget keeps any smaller one's best
-    above = np.flatnonzero(values >= quality)
-    if not len(above):
-        return np.inf
-    j = above[0]
-    if j == 0:
-        return float(costs[0])
-    share = (quality - values[j - 1]) / (values[j] - values[j - 1])
-    return float(costs[j - 1] + share * (costs[j] - costs[j - 1]))
+    increasing cost, first reaches ``quality`` (its monotone fit, linear between points;
+    inf: never)."""
+    costs, values = np.array(points, dtype=float).T
+    sign = 1.0 if higher_is_better else -1.0
+    return float(frontier_costs(costs, sign * values, sign * quality)[0])
 
 
-def frontier_pairs(runs: pd.DataFrame, arm: str, measure: str) -> dict:
-    """Per seed of one case: the baseline's cost at the arm's final quality (inf beyond its
-    full budget, censored there) and the arm's own cost, as ``paired_speedup`` takes them.
-    The arm's cost is observed, never censored: its horizon is unbounded."""
+def frontier_data(runs: pd.DataFrame, arm: str, measure: str) -> dict:
+    """The seeds of one case with the baseline at every budget and the arm (none diverged):
+    per seed, the baseline's frontier (``costs``, ``values``: its first validation pass,
+    then each budget's final score) and the arm's ``arm_cost`` and ``arm_value``; scores
+    signed so that higher is better."""
     cost = {"flops": "train_flops", "time": "train_time_s"}[measure]
-    out = {"base": [], "arm": [], "horizon": [], "arm_horizon": []}
+    frontier = runs[(runs.arm == BASELINE) & (runs.main | runs.frontier)]
+    budgets = sorted(frontier.budget.unique())
+    out = {"costs": [], "values": [], "arm_cost": [], "arm_value": []}
     for seed, own in runs[runs.main & (runs.arm == arm) & ~runs.diverged].groupby("seed"):
-        base = runs[(runs.arm == BASELINE) & (runs.main | runs.frontier) & ~runs.diverged
-                    & (runs.seed == seed)].sort_values("budget")
-        if base.empty or base.budget.max() < 1:
+        base = frontier[(frontier.seed == seed) & ~frontier.diverged].sort_values("budget")
+        if list(base.budget) != budgets or budgets[-1] < 1:
             continue
+        sign = 1.0 if own.higher_is_better.iloc[0] else -1.0
         start = base.history.iloc[0][0]
-        points = [(start[cost], start["val_primary"]),
-                  *zip(base[cost], base.final_val)]
-        need = frontier_cost(points, own.final_val.iloc[0], bool(own.higher_is_better.iloc[0]))
-        out["base"].append(need)
-        out["horizon"].append(float(base[cost].max()))
-        out["arm"].append(float(own[cost].iloc[0]))
-        out["arm_horizon"].append(np.inf)
+        out["costs"].append([start[cost], *base[cost]])
+        out["values"].append([sign * start["val_primary"], *(sign * base.final_val)])
+        out["arm_cost"].append(float(own[cost].iloc[0]))
+        out["arm_value"].append(sign * float(own.final_val.iloc[0]))
     return {k: np.array(v, dtype=float) for k, v in out.items()}
 
 
+def frontier_saving(costs, values, arm_cost, arm_value, *, level: float = 0.95,
+                    reps: int = 2000, seed=0) -> tuple[float, float, float]:
+    """(saving, low, high): the cost at which the baseline's mean frontier reaches the
+    arm's mean final quality, over the arm's mean cost (inf: it never does); the interval
+    resamples the seed pairs together ``reps`` times from RNG ``seed``, its percentiles
+    expanded for few seeds (Hesterberg 2015: the tails of a t with n - 1 degrees of freedom,
+    scaled by sqrt(n / (n - 1))). NaN bounds below 2 seed pairs, all NaN without one."""
+    n = len(arm_cost)
+    if n == 0:
+        return np.nan, np.nan, np.nan
+    weights = np.full((1, n), 1 / n)
+    if n > 1:
+        draws = np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=reps)
+        weights = np.vstack([weights, draws / n])
+    saving = (frontier_costs(weights @ costs, weights @ values, weights @ arm_value)
+              / (weights @ arm_cost))
+    if n == 1:
+        return float(saving[0]), np.nan, np.nan
+    tail = ndtr(-stdtrit(n - 1, (1 + level) / 2) * np.sqrt(n / (n - 1)))  # expanded
+    low, high = np.quantile(saving[1:], [tail, 1 - tail], method="inverted_cdf")
+    return float(saving[0]), float(low), float(high)
+
+
 def frontier_savings(df: pd.DataFrame, protocol: Protocol, reps: int = 2000) -> pd.DataFrame:
-    """Per case and arm: the saving at equal quality in FLOPs and seconds, with its paired
+    """Per case and arm: the saving at equal quality in FLOPs and seconds, with its
     interval at the protocol's level, and the budgets the baseline trained at."""
     rows = []
     for k, case in enumerate(case_order(df[df.main])):
@@ -308,24 +354,49 @@ def frontier_savings(df: pd.DataFrame, protocol: Protocol, reps: int = 2000) -> 
         for arm in (a for a in arm_names(runs.arm) if a != BASELINE):
             row = {**dict(zip(CASE, case)), "arm": arm, "budgets": budgets}
             for measure in MEASURES:
-                data = frontier_pairs(runs, arm, measure)
-                fit = paired_speedup(**data, reps=reps, seed=[k, 2])
-                est, lo, hi = fit.interval(protocol.level)
+                data = frontier_data(runs, arm, measure)
+                est, lo, hi = frontier_saving(**data, level=protocol.level, reps=reps,
+                                              seed=[k, 2])
                 row.update({f"saving_{measure}": est, f"saving_{measure}_lo": lo,
-                            f"saving_{measure}_hi": hi, "pairs": fit.pairs,
+                            f"saving_{measure}_hi": hi, "pairs": len(data["arm_cost"]),
                             f"saving_{measure}_verdict": verdict(est, lo, hi)})
             rows.append(row)
     return pd.DataFrame(rows)
 
 
 def frontier_points(df: pd.DataFrame) -> pd.DataFrame:
-    """Per case, arm and budget (main and frontier runs): the median final validation
-    score, training FLOPs and seconds over seeds, and the target."""
-    runs = df[df.main | df.frontier]
+    """Per case, arm and budget (main and frontier runs that did not diverge): the mean
+    final validation score, training FLOPs and seconds over seeds, and the target."""
+    runs = df[(df.main | df.frontier) & ~df.diverged]
     return (runs.groupby(CASE + ["arm", "budget"])
-            .agg(final_val=("final_val", "median"), train_time_s=("train_time_s", "median"),
-                 train_flops=("train_flops", "median"), seeds=("run_name", "size"),
+            .agg(final_val=("final_val", "mean"), train_time_s=("train_time_s", "mean"),
+                 train_flops=("train_flops", "mean"), seeds=("run_name", "size"),
                  target=("target", "first"), metric=("metric", "first")).reset_index())
+
+
+def frontier_calibration(ratio: float, seeds: int, studies: int, *, noise: float = 0.03,
+                         seed_sd: float = 0.02, reps: int = 500, seed=0) -> dict:
+    """Over ``studies`` simulated studies: the share of each verdict of ``frontier_saving``.
+    The baseline's quality rises as 0.6 (1 - exp(-4 x budget)) over its first pass (1/16)
+    and budgets 0.25-1, nearly flat near the full budget as in the evidence runs; every run
+    is off that curve by its seed's effect (sd ``seed_sd``) and its own noise (sd
+    ``noise``). The arm reaches the full budget's quality at 1 / ``ratio`` of its cost:
+    on the baseline's seeds (their effect shared), or at a true 1x as the A/A arm, on seeds
+    of its own."""
+    rng = np.random.default_rng(seed)
+    budgets = np.array([1 / 16, 0.25, 0.5, 0.75, 1.0])
+    curve = 0.6 * (1 - np.exp(-4 * budgets))
+    verdicts = []
+    for k in range(studies):
+        effect = rng.normal(0, seed_sd, seeds)
+        values = curve + effect[:, None] + rng.normal(0, noise, (seeds, len(budgets)))
+        own = rng.normal(0, seed_sd, seeds) if ratio == 1 else effect
+        est, low, high = frontier_saving(
+            np.tile(budgets, (seeds, 1)), values, np.full(seeds, 1 / ratio),
+            curve[-1] + own + rng.normal(0, noise, seeds), reps=reps, seed=[seed, k])
+        verdicts.append(verdict(est, low, high))
+    return {"ratio": ratio, "seeds": seeds, "studies": studies,
+            **{v: verdicts.count(v) / studies for v in ("faster", "slower", "inconclusive")}}
 
 
 # ---- chapters/04_evaluation.ipynb, cell 04-008l

@@ -110,8 +110,10 @@ def frontier_markdown(savings: pd.DataFrame, label: str, task: str) -> str:
             f" ({r.saving_flops_verdict}) | "
             f"{fmt_interval(r.saving_time, r.saving_time_lo, r.saving_time_hi)} |")
     return "\n".join(lines) + (
-        "\n\nSaving = the baseline's cost at the arm's final validation quality (interpolated "
-        "along its budgets, seed by seed) / the arm's cost; > 1: the arm gets there cheaper. "
+        "\n\nSaving = the baseline's cost at the arm's mean final validation quality "
+        "(interpolated along the mean of its budgets' scores, made monotone) / the arm's mean "
+        "cost; > 1: the arm gets there cheaper; inf: the arm's quality lies past the "
+        "baseline's best. Interval: the seed pairs resampled together. "
         f"\n\n*{label}.*\n")
 
 

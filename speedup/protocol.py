@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pandas as pd
-from scipy.special import ndtr, stdtrit
+from scipy.special import ndtr, ndtri, stdtr, stdtrit
 
 from speedup.arms import make_arm, SettingError
 from speedup.files import set_aside, write_json
@@ -23,11 +23,11 @@ __all__ = [
     'SMOOTHING', 'reaches', 'smoothed', 'best_smoothed', 'crossing', 'target_value', 'setters',
     'case_targets', 'add_targets', 'target_note', 'MEASURES', 'HORIZONS', 'Protocol', 'paired',
     'comparisons', 'reach_rates', 'monotone_fit', 'frontier_costs', 'frontier_cost',
-    'frontier_data', 'frontier_saving', 'frontier_savings', 'frontier_points',
-    'frontier_calibration', 'BOOTSTRAP_REPS', 'BOOTSTRAP_SEED', 'bootstrap_medians',
-    'percentile_interval', 'arm_stats', 'tuning_runs', 'tuning_target', 'tuning_picks',
-    'select_settings', 'load_examples', 'difficulty_check', 'UNIGRAM_SHARE', 'CHANCE_MULTIPLE',
-    'CEILING', 'informative_ranges',
+    'frontier_data', 'FrontierSaving', 'frontier_saving', 'frontier_savings',
+    'frontier_points', 'frontier_calibration', 'BOOTSTRAP_REPS', 'BOOTSTRAP_SEED',
+    'bootstrap_medians', 'percentile_interval', 'arm_stats', 'tuning_runs', 'tuning_target',
+    'tuning_picks', 'select_settings', 'load_examples', 'difficulty_check', 'UNIGRAM_SHARE',
+    'CHANCE_MULTIPLE', 'CEILING', 'informative_ranges',
 ]
 
 
@@ -319,49 +319,92 @@ def frontier_data(runs: pd.DataFrame, arm: str, measure: str) -> dict:
     return {k: np.array(v, dtype=float) for k, v in out.items()}
 
 
-def frontier_saving(costs, values, arm_cost, arm_value, *, level: float = 0.95,
-                    reps: int = 2000, seed=0) -> tuple[float, float, float]:
-    """(saving, low, high): the cost at which the baseline's mean frontier reaches the
-    arm's mean final quality, over the arm's mean cost (inf: it never does); the interval
-    resamples the seed pairs together ``reps`` times from RNG ``seed``, its percentiles
-    expanded for few seeds (Hesterberg 2015: the tails of a t with n - 1 degrees of freedom,
-    scaled by sqrt(n / (n - 1))). NaN bounds below 2 seed pairs, all NaN without one."""
+@dataclass(frozen=True)
+class FrontierSaving:
+    """The saving at equal quality over ``pairs`` seed pairs: its ``estimate`` (inf: the
+    arm's quality lies past the baseline's best) and its bootstrap ``replicates``."""
+    pairs: int
+    estimate: float
+    replicates: np.ndarray
+
+    def tail(self, level: float) -> float:
+        """The percentile of each bound at ``level``, expanded for few seeds (Hesterberg
+        2015: a t's tails with n - 1 degrees of freedom, scaled by sqrt(n / (n - 1)))."""
+        n = self.pairs
+        return float(ndtr(-stdtrit(n - 1, (1 + level) / 2) * np.sqrt(n / (n - 1))))
+
+    def interval(self, level: float = 0.95) -> tuple[float, float, float]:
+        """(saving, low, high) at ``level``: NaN bounds below 2 seed pairs."""
+        if self.pairs < 2:
+            return self.estimate, np.nan, np.nan
+        tail = self.tail(level)
+        low, high = np.quantile(self.replicates, [tail, 1 - tail], method="inverted_cdf")
+        return self.estimate, float(low), float(high)
+
+    def pvalue(self) -> float:
+        """Two-sided p for "no saving" (1): the smallest 1 - level at which ``interval``
+        leaves out 1 (NaN below 2 seed pairs)."""
+        if self.pairs < 2:
+            return np.nan
+        share = min((self.replicates <= 1).mean(), (self.replicates >= 1).mean())
+        n = self.pairs
+        return float(min(1.0, 2 * stdtr(n - 1, ndtri(share) / np.sqrt(n / (n - 1)))))
+
+
+def frontier_saving(costs, values, arm_cost, arm_value, *, reps: int = 2000,
+                    seed=0) -> FrontierSaving:
+    """The cost at which the baseline's mean frontier reaches the arm's mean final quality,
+    over the arm's mean cost (inf: it never does), with ``reps`` bootstrap replicates that
+    resample the seed pairs together (RNG ``seed``)."""
     n = len(arm_cost)
     if n == 0:
-        return np.nan, np.nan, np.nan
+        return FrontierSaving(0, np.nan, np.array([]))
     weights = np.full((1, n), 1 / n)
     if n > 1:
         draws = np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=reps)
         weights = np.vstack([weights, draws / n])
     saving = (frontier_costs(weights @ costs, weights @ values, weights @ arm_value)
               / (weights @ arm_cost))
-    if n == 1:
-        return float(saving[0]), np.nan, np.nan
-    tail = ndtr(-stdtrit(n - 1, (1 + level) / 2) * np.sqrt(n / (n - 1)))  # expanded
-    low, high = np.quantile(saving[1:], [tail, 1 - tail], method="inverted_cdf")
-    return float(saving[0]), float(low), float(high)
+    return FrontierSaving(n, float(saving[0]), saving[1:])
 
 
 def frontier_savings(df: pd.DataFrame, protocol: Protocol, reps: int = 2000) -> pd.DataFrame:
     """Per case and arm: the saving at equal quality in FLOPs and seconds, with its
-    interval at the protocol's level, and the budgets the baseline trained at."""
-    rows = []
+    interval and verdict, and the budgets the baseline trained at. The protocol's primary
+    comparison at its plain level; every other row is exploratory, at its Holm level over
+    that family (per measure), as in ``comparisons``."""
+    rows, fits = [], {m: [] for m in MEASURES}
+    primary_arm = protocol.arm(df.arm)
+    primary_cases = protocol.cases(df[df.main])
     for k, case in enumerate(case_order(df[df.main])):
         runs = df[in_case(df, case)]
         budgets = sorted(runs[runs.arm == BASELINE].budget.unique())
         if len(budgets) < 2:
             continue
         for arm in (a for a in arm_names(runs.arm) if a != BASELINE):
-            row = {**dict(zip(CASE, case)), "arm": arm, "budgets": budgets}
+            row = {**dict(zip(CASE, case)), "arm": arm, "budgets": budgets,
+                   "primary": arm == primary_arm and case in primary_cases}
             for measure in MEASURES:
-                data = frontier_data(runs, arm, measure)
-                est, lo, hi = frontier_saving(**data, level=protocol.level, reps=reps,
-                                              seed=[k, 2])
-                row.update({f"saving_{measure}": est, f"saving_{measure}_lo": lo,
-                            f"saving_{measure}_hi": hi, "pairs": len(data["arm_cost"]),
-                            f"saving_{measure}_verdict": verdict(est, lo, hi)})
+                fit = frontier_saving(**frontier_data(runs, arm, measure), reps=reps,
+                                      seed=[k, 2])
+                fits[measure].append(fit)
+                row.update({"pairs": fit.pairs, f"saving_{measure}_p": fit.pvalue()})
             rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    for measure in MEASURES:
+        levels = np.full(len(table), protocol.level)
+        exploratory = ~table.primary.to_numpy(dtype=bool)
+        levels[exploratory] = holm_levels(table[f"saving_{measure}_p"][exploratory],
+                                          protocol.level)
+        levels = np.where(np.isnan(levels), protocol.level, levels)
+        found = [fit.interval(level) for fit, level in zip(fits[measure], levels)]
+        table[f"saving_{measure}_level"] = levels
+        (table[f"saving_{measure}"], table[f"saving_{measure}_lo"],
+         table[f"saving_{measure}_hi"]) = zip(*found)
+        table[f"saving_{measure}_verdict"] = [verdict(*f) for f in found]
+    return table
 
 
 def frontier_points(df: pd.DataFrame) -> pd.DataFrame:
@@ -375,7 +418,8 @@ def frontier_points(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def frontier_calibration(ratio: float, seeds: int, studies: int, *, noise: float = 0.03,
-                         seed_sd: float = 0.02, reps: int = 500, seed=0) -> dict:
+                         seed_sd: float = 0.02, level: float = 0.95, reps: int = 500,
+                         seed=0) -> dict:
     """Over ``studies`` simulated studies: the share of each verdict of ``frontier_saving``.
     The baseline's quality rises as 0.6 (1 - exp(-4 x budget)) over its first pass (1/16)
     and budgets 0.25-1, nearly flat near the full budget as in the evidence runs; every run
@@ -391,10 +435,10 @@ def frontier_calibration(ratio: float, seeds: int, studies: int, *, noise: float
         effect = rng.normal(0, seed_sd, seeds)
         values = curve + effect[:, None] + rng.normal(0, noise, (seeds, len(budgets)))
         own = rng.normal(0, seed_sd, seeds) if ratio == 1 else effect
-        est, low, high = frontier_saving(
+        fit = frontier_saving(
             np.tile(budgets, (seeds, 1)), values, np.full(seeds, 1 / ratio),
             curve[-1] + own + rng.normal(0, noise, seeds), reps=reps, seed=[seed, k])
-        verdicts.append(verdict(est, low, high))
+        verdicts.append(verdict(*fit.interval(level)))
     return {"ratio": ratio, "seeds": seeds, "studies": studies,
             **{v: verdicts.count(v) / studies for v in ("faster", "slower", "inconclusive")}}
 

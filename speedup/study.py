@@ -622,9 +622,14 @@ def run_plan(plan: dict, output_dir, start, *, slots=(None,), stages=STAGES,
                   "under today's names")
         costs = run_costs(plan, out) if {"tuning", "method"} & set(stages) else {}
         statuses = {} if statuses is None else statuses
+        picked = False
         for stage in stages:
-            if stage == "method":   # phase B trains with the settings the selection picked
+            # phase B trains with the settings the selection picked, and the evaluation
+            # reads its runs from plan.json, so a call without the method stage (e.g.
+            # `--stages evaluation`) takes the picks too; once, after this call's selection
+            if stage in ("method", "evaluation") and not picked:
                 resolve_picks(plan, out)
+                picked = True
             run_stage(plan_jobs(plan, stage, job_size, costs), out, start, slots, statuses,
                       plan, (codes or {}).get(stage))
     return statuses

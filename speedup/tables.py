@@ -100,20 +100,25 @@ def frontier_markdown(savings: pd.DataFrame, label: str, task: str) -> str:
     """Each arm's saving at equal quality against the baseline at every budget."""
     if savings.empty:
         return f"No case trained the baseline at reduced budgets.\n\n*{label}.*\n"
-    lines = ["| case | arm | baseline budgets | seed pairs | FLOPs saving at equal quality "
-             "[interval] | seconds saving [interval] |", "|---|---|---|---|---|---|"]
+    lines = ["| case | arm | comparison | baseline budgets | seed pairs | FLOPs saving at "
+             "equal quality [interval] | seconds saving [interval] |",
+             "|---|---|---|---|---|---|---|"]
     for _, r in savings.iterrows():
         budgets = ", ".join(f"{b:.0%}" for b in r.budgets)
+        kind = ("**primary**" if r.primary
+                else f"exploratory ({r.saving_flops_level:.1%})")
         lines.append(
-            f"| {case_title(tuple(r[CASE]))} | {arm_label(r.arm, task)} | {budgets} | "
-            f"{r.pairs} | {fmt_interval(r.saving_flops, r.saving_flops_lo, r.saving_flops_hi)}"
+            f"| {case_title(tuple(r[CASE]))} | {arm_label(r.arm, task)} | {kind} | "
+            f"{budgets} | {r.pairs} | "
+            f"{fmt_interval(r.saving_flops, r.saving_flops_lo, r.saving_flops_hi)}"
             f" ({r.saving_flops_verdict}) | "
             f"{fmt_interval(r.saving_time, r.saving_time_lo, r.saving_time_hi)} |")
     return "\n".join(lines) + (
         "\n\nSaving = the baseline's cost at the arm's mean final validation quality "
         "(interpolated along the mean of its budgets' scores, made monotone) / the arm's mean "
         "cost; > 1: the arm gets there cheaper; inf: the arm's quality lies past the "
-        "baseline's best. Interval: the seed pairs resampled together. "
+        "baseline's best. Interval: the seed pairs resampled together; primary: the plain "
+        "level, exploratory: the level of its step in Holm's procedure. "
         f"\n\n*{label}.*\n")
 
 

@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 import run_batch
-from speedup.study import (ProfileError, apply_picks, estimate_study, is_complete,
-                           study_status)
+from speedup.study import (ProfileError, apply_picks, estimate_study, in_this_kernel,
+                           is_complete, run_plan, study_status)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,6 +131,24 @@ def test_main_runs_take_the_picks_and_the_aa_arm_the_baselines(tmp_path):
     again = [dict(j) for j in after]
     apply_picks(plan, picks)
     assert [j["id"] for j in plan["stages"]["method"]] == [j["id"] for j in again]
+
+
+def test_the_evaluation_alone_reads_the_picked_runs(tmp_path):
+    """`--stages evaluation` on a tuned study: the plan it writes holds phase B's runs as
+    the selection picked them (it held the profile's settings, so the evaluation found
+    none of the picked runs' results)."""
+    plan = run_batch.expand_plan(run_batch.load_profile(ROOT / "params" / "cv-demo.yaml"),
+                                 str(tmp_path), "c")
+    picks = {"resnet18": {"caltech256": {"baseline": {"lr": 0.025}}}}
+    (tmp_path / "tuning").mkdir()
+    (tmp_path / "tuning" / "picks.json").write_text(json.dumps({"picks": picks, "grid": []}))
+    start = in_this_kernel({"evaluation": lambda **params: None}, tmp_path)
+    run_plan(plan, tmp_path, start, stages=["evaluation"])   # skipped here: no results
+    written = json.loads((tmp_path / "plan.json").read_text())
+    tuned = [j for j in written["stages"]["method"] if j["params"]["arch"] == "resnet18"
+             and j["params"]["dataset"] == "caltech256" and j["params"]["arm"] == "baseline"]
+    assert tuned and all(j["params"]["lr"] == 0.025 for j in tuned)
+    assert written["picks"] == picks
 
 
 @pytest.mark.parametrize("edit,message", [

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from speedup.arms import ARMS, Arm, register_arm
-from speedup.protocol import (Protocol, add_targets, comparisons, crossing, frontier_calibration,
-                              frontier_cost, monotone_fit,
+from speedup.protocol import (FrontierSaving, Protocol, add_targets, comparisons, crossing,
+                              frontier_calibration, frontier_cost, monotone_fit,
                               frontier_savings, reach_rates, smoothed, tuning_picks)
 from speedup.report import evaluate_study
 from speedup.results import version_bytes
@@ -133,6 +133,36 @@ def test_the_frontier_saving_is_the_baselines_cost_at_the_arms_quality():
     r = savings.iloc[0]
     assert r.budgets == [0.25, 0.5, 1.0] and r.pairs == 6
     assert r.saving_flops == pytest.approx(2.0)   # the baseline needs 1e9 FLOPs, the arm 0.5e9
+    assert r.primary and r.saving_flops_level == 0.95
+
+
+def test_frontier_rows_other_than_the_primary_are_at_their_holm_level():
+    rows = []
+    for s in range(6):
+        for b, q in ((0.25, .6), (0.5, .7), (1.0, .8)):
+            rows.append(_row("baseline", [.3, q + .01 * s], 10.0 * b, f"b{s}-{b}", seed=s,
+                             budget=b, role="main" if b == 1 else "frontier",
+                             flops_per_epoch=b * 1e9))
+        rows.append(_row("progressive", [.3, .7 + .01 * s], 2.5, f"p{s}", seed=s,
+                         flops_per_epoch=0.25e9))
+        for arm in ("difficulty", "anti"):
+            rows.append(_row(arm, [.3, .8 + .01 * s], 10.0, f"{arm}{s}", seed=s,
+                             flops_per_epoch=1e9))
+    savings = frontier_savings(add_targets(pd.DataFrame(rows), 0.9), Protocol(),
+                               reps=300).set_index("arm")
+    assert savings.primary.to_dict() == {"progressive": True, "difficulty": False,
+                                         "anti": False}
+    assert savings.loc["progressive", "saving_flops_level"] == 0.95
+    assert (savings.loc[["difficulty", "anti"], "saving_flops_level"] >= 0.975).all()
+
+
+def test_the_frontier_savings_p_value_is_the_dual_of_its_interval():
+    fit = FrontierSaving(10, 1.3, np.random.default_rng(0).lognormal(np.log(1.3), 0.15, 2000))
+    p = fit.pvalue()
+    assert 0 < p < 0.2
+    assert fit.interval(1 - 1.1 * p)[1] > 1 >= fit.interval(1 - 0.9 * p)[1]
+    beyond = FrontierSaving(10, np.inf, np.full(2000, np.inf))    # past the baseline's best
+    assert beyond.pvalue() == 0 and beyond.interval(0.99)[1:] == (np.inf, np.inf)
 
 
 def test_the_frontier_saving_rarely_reads_the_baseline_against_itself_as_a_speedup():

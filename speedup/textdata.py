@@ -31,7 +31,7 @@ __all__ = [
     'parquet_to_text', 'ARCHIVE_SUFFIXES', 'hub_parquet_files', 'fetch_text_source',
     'build_text_versions', 'build_stream_versions', 'TextSplit', 'TextVersionData',
     'load_text_version', 'prepare_text_dataset', 'PRETRAINED_TOKENIZERS', 'SPECIAL_TOKENS',
-    'train_tokenizer', 'folder_lock', 'version_tokenizer',
+    'train_tokenizer', 'canonical_bpe', 'folder_lock', 'version_tokenizer',
 ]
 
 
@@ -581,7 +581,28 @@ def train_tokenizer(texts, arch, vocab_size=8000):
         tok.train_from_iterator(texts, trainers.BpeTrainer(
             vocab_size=vocab_size, special_tokens=special, end_of_word_suffix="</w>"))
         tok.decoder = decoders.BPEDecoder(suffix="</w>")
+        tok = canonical_bpe(tok, special)
     return _as_transformers(tok, arch)
+
+
+def canonical_bpe(tok, special):
+    """``tok`` (a trained BPE `tokenizers.Tokenizer`) with its tokens renumbered by a rule of
+    their own: ``special`` first, the other initial symbols sorted, then every merge's
+    product in merge order. Two trainings that found the same merges become one file."""
+    from tokenizers import Tokenizer
+    saved = json.loads(tok.to_str())
+    model = saved["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    products = ["".join(pair) for pair in merges]
+    initial = sorted(set(model["vocab"]) - set(special) - set(products))
+    order = list(dict.fromkeys([*special, *initial, *products]))
+    if sorted(order) != sorted(model["vocab"]):
+        raise ValueError("canonical_bpe: the vocabulary is not its initial symbols and its "
+                         "merges' products; is this a BPE trained with an unusual option?")
+    model["vocab"] = {token: i for i, token in enumerate(order)}
+    for added in saved["added_tokens"]:
+        added["id"] = model["vocab"][added["content"]]
+    return Tokenizer.from_str(json.dumps(saved))
 
 
 @contextlib.contextmanager

@@ -39,6 +39,24 @@ def test_tokenizers_train_offline_and_round_trip(yahoo, arch):
         assert tok.mask_token_id is not None
 
 
+def test_a_trained_bpe_is_numbered_the_same_every_time(yahoo, monkeypatch):
+    """The trainer numbers end-of-word symbols in hash-map order (huggingface/tokenizers#1794);
+    canonical_bpe renumbers them, so a fresh clone trains GPT-1 the same tokenizer."""
+    split = load_text_version(yahoo, "yahoo_answers", "60KB")
+    saved = {train_tokenizer(split.train.texts, "gpt1", 400).backend_tokenizer.to_str()
+             for _ in range(4)}
+    assert len(saved) == 1
+    tok = train_tokenizer(split.train.texts, "gpt1", 400)
+    vocab = tok.get_vocab()
+    assert (vocab["<pad>"], vocab["<unk>"]) == (0, 1) == (tok.pad_token_id, tok.unk_token_id)
+    # renumbering changes no tokenization
+    monkeypatch.setattr(textdata, "canonical_bpe", lambda trained, special: trained)
+    raw = train_tokenizer(split.train.texts, "gpt1", 400)
+    for text in split.val.texts[:5]:
+        assert (tok.convert_ids_to_tokens(tok(text)["input_ids"])
+                == raw.convert_ids_to_tokens(raw(text)["input_ids"]))
+
+
 def test_version_tokenizer_trains_on_the_training_split_only_and_caches(yahoo, monkeypatch):
     seen = []
 
@@ -210,9 +228,10 @@ def test_word_rarity_ranks_rare_words_as_harder(books):
     task = _task(books, "bookcorpus", "gpt1")
     scores = task.difficulty_scores()
     assert len(scores) == task.n_train and np.all(scores > 0)
-    common = torch.bincount(task.ids["train"].flatten()).argmax()
-    task.ids["train"][0] = common      # the commonest token only: easiest
-    task.ids["train"][1] = 7           # one token, repeated: much rarer
+    counts = torch.bincount(task.ids["train"].flatten())
+    rarest = torch.where(counts > 0, counts, counts.max() + 1).argmin()
+    task.ids["train"][0] = counts.argmax()   # the commonest token only: easiest
+    task.ids["train"][1] = rarest            # the rarest token, repeated: much harder
     scores = task.difficulty_scores()
     assert scores.argmin() == 0 and scores[1] > np.median(scores)
 

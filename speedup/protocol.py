@@ -21,9 +21,9 @@ from speedup.train import EXAMPLES_SUFFIX, rank_correlation, ranks_examples
 
 __all__ = [
     'SMOOTHING', 'reaches', 'smoothed', 'best_smoothed', 'crossing', 'target_value', 'setters',
-    'case_targets', 'add_targets', 'target_note', 'MEASURES', 'HORIZONS', 'Protocol', 'paired',
-    'comparisons', 'reach_rates', 'monotone_fit', 'frontier_costs', 'frontier_cost',
-    'frontier_data', 'FrontierSaving', 'frontier_saving', 'frontier_savings',
+    'case_targets', 'add_targets', 'target_note', 'target_reach', 'MEASURES', 'HORIZONS',
+    'Protocol', 'paired', 'comparisons', 'reach_rates', 'monotone_fit', 'frontier_costs',
+    'frontier_cost', 'frontier_data', 'FrontierSaving', 'frontier_saving', 'frontier_savings',
     'frontier_points', 'frontier_calibration', 'BOOTSTRAP_REPS', 'BOOTSTRAP_SEED',
     'bootstrap_medians', 'percentile_interval', 'arm_stats', 'tuning_runs', 'tuning_target',
     'tuning_picks', 'select_settings', 'load_examples', 'difficulty_check', 'UNIGRAM_SHARE',
@@ -131,6 +131,22 @@ def target_note(target_fraction: float, metric) -> str:
                 else ""))
     return (f"Target = {what} best smoothed validation score of the target-setting "
             "baselines, per case")
+
+
+# ---- chapters/04_evaluation.ipynb, cell 04-007c
+def target_reach(spread: float, target_seeds: int, target_fraction: float, seeds: int = 10,
+                 studies: int = 20_000, seed: int = 0) -> tuple[float, float]:
+    """(mean share of ``seeds`` comparison baselines that reach their own target, share of
+    studies in which all do), the target being ``target_fraction`` x the worst best score of
+    ``target_seeds`` other baselines, every best score log-normal with log-sd ``spread``."""
+    if spread < 0 or target_seeds < 1 or seeds < 1 or not 0 < target_fraction <= 1:
+        raise ValueError(f"target_reach: spread {spread}, target_seeds {target_seeds}, "
+                         f"seeds {seeds}, target_fraction {target_fraction}: out of range")
+    rng = np.random.default_rng(seed)
+    # log scores of a higher-is-better metric; perplexity is its mirror image
+    target = rng.normal(0, spread, (studies, target_seeds)).min(1) + np.log(target_fraction)
+    reached = rng.normal(0, spread, (studies, seeds)) >= target[:, None]
+    return float(reached.mean()), float(reached.all(1).mean())
 
 
 # ---- chapters/04_evaluation.ipynb, cell 04-008f

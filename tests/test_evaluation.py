@@ -11,7 +11,8 @@ import pytest
 from speedup.arms import ARMS, Arm, register_arm
 from speedup.protocol import (FrontierSaving, Protocol, add_targets, comparisons, crossing,
                               frontier_calibration, frontier_cost, monotone_fit,
-                              frontier_savings, reach_rates, smoothed, tuning_picks)
+                              frontier_savings, reach_rates, smoothed, target_reach,
+                              tuning_picks)
 from speedup.report import evaluate_study
 from speedup.results import version_bytes
 from speedup.figures import study_label
@@ -84,6 +85,19 @@ def _paired_study(ratios, arm="progressive", seeds=10, miss=(), **kw):
         rows.append(_row(arm, values, spe / r, f"{arm}{s}", seed=s,
                          flops_per_epoch=1e9 / r, **kw))
     return pd.DataFrame(rows)
+
+
+def test_the_target_reach_simulation_matches_its_closed_form_and_the_margin_helps():
+    # no margin: a seed is the worst of n + 1 with chance 1/(n + 1); all m reach: n/(n + m)
+    per_seed, every = target_reach(0.1, 5, 1.0, seeds=10, studies=40_000)
+    assert per_seed == pytest.approx(5 / 6, abs=0.01)
+    assert every == pytest.approx(5 / 15, abs=0.01)
+    # a margin and more target seeds raise both; the evidence profiles' 20 seeds clear 95%
+    assert target_reach(0.1, 5, 0.9)[1] > every
+    assert target_reach(0.1, 20, 0.9)[1] > target_reach(0.1, 5, 0.9)[1]
+    assert target_reach(0.1, 20, 0.9)[0] > 0.99
+    with pytest.raises(ValueError, match="target_fraction"):
+        target_reach(0.1, 5, 1.5)
 
 
 def test_a_paired_speedup_is_found_faster_and_a_miss_only_widens_it():

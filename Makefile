@@ -57,8 +57,8 @@ slides-check: .venv/.installed
 	$(PY) check_slides.py --output-dir $(OUT)
 
 # The evidence run: both pairs' evidence profiles (params/<task>-evidence.yaml, 10 seed pairs,
-# about 65 minutes on 2 cores: cv 41, nlp 24, measured), each pair's claims published into
-# EVIDENCE.md and quoted in README.md
+# 34 minutes on 2 cores from a fresh clone, measured 2026-12-04: cv 17, nlp 15, set-up 2),
+# each pair's claims published into EVIDENCE.md and quoted in README.md
 evidence: .venv/.installed
 	$(PY) nbexport.py
 	$(PY) merge_notebook.py
